@@ -1,0 +1,12 @@
+#ifndef KMSBRIDGE_ADDON_H
+#define KMSBRIDGE_ADDON_H
+
+#include <node_api.h>
+
+/* Throws a JS Error with a code property; always returns NULL for `return throw_error(...)`. */
+napi_value addon_throw(napi_env env, const char *code, const char *message);
+
+napi_status peercred_register(napi_env env, napi_value exports);
+napi_status local_crypto_register(napi_env env, napi_value exports);
+
+#endif

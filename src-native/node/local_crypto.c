@@ -1,0 +1,336 @@
+/*
+ * Private-key operations over a digest computed by the caller, for the local
+ * backend of the KeyService. node:crypto always hashes its input (it has no
+ * "sign this digest" for ECDSA or RSA-PSS) and Node 20 refuses PKCS#1 v1.5
+ * decryption, so the KeyService hands decrypted keys to these functions.
+ * They run on the libuv thread pool so one agent uses every core.
+ *
+ * JS surface:
+ *   loadPrivateKey(pkcs8: Buffer) -> handle
+ *   sign(handle, { padding, digest, mgf1Digest, saltLength }, data) -> Promise<Buffer>
+ *   decrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
+ * padding: "pkcs1" | "pss" | "oaep" | "none" (for EC keys).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "addon.h"
+
+enum op_kind { OP_SIGN, OP_DECRYPT };
+enum padding { PAD_NONE, PAD_PKCS1, PAD_PSS, PAD_OAEP };
+
+struct job {
+    napi_async_work work;
+    napi_deferred deferred;
+    enum op_kind kind;
+    EVP_PKEY *pkey; /* one reference held for the job's life */
+    enum padding padding;
+    char digest[16];
+    char mgf1[16];
+    int salt_length;
+    unsigned char *label;
+    size_t label_len;
+    unsigned char *in;
+    size_t in_len;
+    unsigned char *out;
+    size_t out_len;
+    char error[256];
+};
+
+static const struct {
+    const char *ours;
+    const char *openssl;
+} digest_names[] = {
+    {"sha1", "SHA1"}, {"sha224", "SHA2-224"}, {"sha256", "SHA2-256"}, {"sha384", "SHA2-384"}, {"sha512", "SHA2-512"},
+};
+
+static const char *openssl_digest(const char *ours)
+{
+    for (size_t i = 0; i < sizeof(digest_names) / sizeof(digest_names[0]); i++)
+        if (strcmp(digest_names[i].ours, ours) == 0)
+            return digest_names[i].openssl;
+    return NULL;
+}
+
+napi_value addon_throw(napi_env env, const char *code, const char *message)
+{
+    napi_throw_error(env, code, message);
+    return NULL;
+}
+
+static void pkey_finalize(napi_env env, void *data, void *hint)
+{
+    (void)env;
+    (void)hint;
+    EVP_PKEY_free((EVP_PKEY *)data);
+}
+
+static napi_value load_private_key(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    void *der = NULL;
+    size_t der_len = 0;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+        napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG", "loadPrivateKey: expected a PKCS#8 DER buffer");
+
+    const unsigned char *p = der;
+    EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+    if (pkey == NULL) {
+        ERR_clear_error();
+        return addon_throw(env, "ERR_KEY_DECODE", "loadPrivateKey: not a PKCS#8 private key");
+    }
+    napi_value handle;
+    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) != napi_ok) {
+        EVP_PKEY_free(pkey);
+        return NULL;
+    }
+    return handle;
+}
+
+/* Reads an optional string property into buf; returns 0 if absent, 1 if read, -1 on error. */
+static int get_string_prop(napi_env env, napi_value obj, const char *name, char *buf, size_t size)
+{
+    bool has = false;
+    napi_value v;
+    napi_valuetype t;
+    size_t len;
+    if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has)
+        return 0;
+    if (napi_get_named_property(env, obj, name, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
+        return -1;
+    if (t == napi_undefined || t == napi_null)
+        return 0;
+    if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok || len + 1 >= size)
+        return -1;
+    return 1;
+}
+
+static int parse_padding(const char *s, enum padding *out)
+{
+    static const struct {
+        const char *name;
+        enum padding value;
+    } table[] = {{"none", PAD_NONE}, {"pkcs1", PAD_PKCS1}, {"pss", PAD_PSS}, {"oaep", PAD_OAEP}};
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (strcmp(table[i].name, s) == 0) {
+            *out = table[i].value;
+            return 1;
+        }
+    return 0;
+}
+
+static void job_free(struct job *job)
+{
+    EVP_PKEY_free(job->pkey);
+    OPENSSL_clear_free(job->in, job->in_len);
+    OPENSSL_clear_free(job->out, job->out_len);
+    OPENSSL_free(job->label);
+    free(job);
+}
+
+static void set_error(struct job *job, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    if (e != 0) {
+        char reason[200];
+        ERR_error_string_n(e, reason, sizeof(reason));
+        snprintf(job->error, sizeof(job->error), "%s: %s", what, reason);
+    } else {
+        snprintf(job->error, sizeof(job->error), "%s", what);
+    }
+    ERR_clear_error();
+}
+
+static int set_rsa_params(struct job *job, EVP_PKEY_CTX *ctx)
+{
+    EVP_MD *md = NULL, *mgf1 = NULL;
+    int ok = 0;
+    if (job->digest[0] != '\0' && (md = EVP_MD_fetch(NULL, openssl_digest(job->digest), NULL)) == NULL)
+        goto done;
+    if (job->mgf1[0] != '\0' && (mgf1 = EVP_MD_fetch(NULL, openssl_digest(job->mgf1), NULL)) == NULL)
+        goto done;
+
+    switch (job->padding) {
+    case PAD_NONE:
+        /* EC keys: the digest only tells OpenSSL the input length to expect. */
+        ok = md == NULL || EVP_PKEY_CTX_set_signature_md(ctx, md) > 0;
+        break;
+    case PAD_PKCS1:
+        ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
+             (md == NULL || job->kind != OP_SIGN || EVP_PKEY_CTX_set_signature_md(ctx, md) > 0);
+        break;
+    case PAD_PSS:
+        ok = md != NULL && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf1 != NULL ? mgf1 : md) > 0 &&
+             EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, job->salt_length) > 0;
+        break;
+    case PAD_OAEP:
+        ok = md != NULL && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf1 != NULL ? mgf1 : md) > 0;
+        if (ok && job->label_len > 0) {
+            /* set0 takes ownership of the label on success */
+            ok = EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, job->label, (int)job->label_len) > 0;
+            if (ok)
+                job->label = NULL, job->label_len = 0;
+        }
+        break;
+    }
+done:
+    EVP_MD_free(md);
+    EVP_MD_free(mgf1);
+    return ok;
+}
+
+static void execute(napi_env env, void *data)
+{
+    (void)env;
+    struct job *job = data;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, job->pkey, NULL);
+    size_t len = 0;
+    int is_sign = job->kind == OP_SIGN;
+
+    if (ctx == NULL || (is_sign ? EVP_PKEY_sign_init(ctx) : EVP_PKEY_decrypt_init(ctx)) <= 0) {
+        set_error(job, is_sign ? "sign init failed" : "decrypt init failed");
+        goto done;
+    }
+    if (!set_rsa_params(job, ctx)) {
+        set_error(job, "parameters not accepted");
+        goto done;
+    }
+    if ((is_sign ? EVP_PKEY_sign(ctx, NULL, &len, job->in, job->in_len)
+                 : EVP_PKEY_decrypt(ctx, NULL, &len, job->in, job->in_len)) <= 0) {
+        set_error(job, is_sign ? "sign failed" : "decrypt failed");
+        goto done;
+    }
+    job->out = OPENSSL_malloc(len > 0 ? len : 1);
+    if (job->out == NULL) {
+        set_error(job, "out of memory");
+        goto done;
+    }
+    job->out_len = len;
+    if ((is_sign ? EVP_PKEY_sign(ctx, job->out, &len, job->in, job->in_len)
+                 : EVP_PKEY_decrypt(ctx, job->out, &len, job->in, job->in_len)) <= 0) {
+        set_error(job, is_sign ? "sign failed" : "decrypt failed");
+        goto done;
+    }
+    job->out_len = len;
+done:
+    EVP_PKEY_CTX_free(ctx);
+    ERR_clear_error();
+}
+
+static void complete(napi_env env, napi_status status, void *data)
+{
+    struct job *job = data;
+    napi_value value;
+    if (status == napi_ok && job->error[0] == '\0' &&
+        napi_create_buffer_copy(env, job->out_len, job->out, NULL, &value) == napi_ok) {
+        napi_resolve_deferred(env, job->deferred, value);
+    } else {
+        napi_value msg, err, code;
+        const char *text = job->error[0] != '\0' ? job->error : "operation was cancelled";
+        napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+        napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH, &code);
+        napi_create_error(env, code, msg, &err);
+        napi_reject_deferred(env, job->deferred, err);
+    }
+    napi_delete_async_work(env, job->work);
+    job_free(job);
+}
+
+static unsigned char *copy_bytes(const void *src, size_t len)
+{
+    unsigned char *p = OPENSSL_malloc(len > 0 ? len : 1);
+    if (p != NULL && len > 0)
+        memcpy(p, src, len);
+    return p;
+}
+
+static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind)
+{
+    size_t argc = 3;
+    napi_value argv[3];
+    EVP_PKEY *pkey = NULL;
+    void *in = NULL;
+    size_t in_len = 0;
+    char padding[16] = "";
+    const char *usage = kind == OP_SIGN ? "sign(handle, options, data)" : "decrypt(handle, options, data)";
+
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+        napi_get_value_external(env, argv[0], (void **)&pkey) != napi_ok || pkey == NULL ||
+        napi_get_buffer_info(env, argv[2], &in, &in_len) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG", usage);
+
+    struct job *job = calloc(1, sizeof(*job));
+    if (job == NULL)
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    job->kind = kind;
+    job->salt_length = -1;
+    if (get_string_prop(env, argv[1], "padding", padding, sizeof(padding)) != 1 ||
+        !parse_padding(padding, &job->padding) ||
+        get_string_prop(env, argv[1], "digest", job->digest, sizeof(job->digest)) < 0 ||
+        get_string_prop(env, argv[1], "mgf1Digest", job->mgf1, sizeof(job->mgf1)) < 0 ||
+        (job->digest[0] != '\0' && openssl_digest(job->digest) == NULL) ||
+        (job->mgf1[0] != '\0' && openssl_digest(job->mgf1) == NULL)) {
+        free(job);
+        return addon_throw(env, "ERR_INVALID_ARG", "options: unknown padding or digest");
+    }
+    napi_value v;
+    bool has = false;
+    if (napi_has_named_property(env, argv[1], "saltLength", &has) == napi_ok && has &&
+        napi_get_named_property(env, argv[1], "saltLength", &v) == napi_ok)
+        napi_get_value_int32(env, v, &job->salt_length);
+    if (napi_has_named_property(env, argv[1], "label", &has) == napi_ok && has &&
+        napi_get_named_property(env, argv[1], "label", &v) == napi_ok) {
+        void *label = NULL;
+        bool is_buffer = false;
+        napi_is_buffer(env, v, &is_buffer);
+        if (is_buffer && napi_get_buffer_info(env, v, &label, &job->label_len) == napi_ok && job->label_len > 0)
+            job->label = copy_bytes(label, job->label_len);
+    }
+    job->in = copy_bytes(in, in_len);
+    job->in_len = in_len;
+    if (job->in == NULL || (job->label_len > 0 && job->label == NULL) || !EVP_PKEY_up_ref(pkey)) {
+        job_free(job);
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    }
+    job->pkey = pkey;
+
+    napi_value promise, name;
+    napi_create_string_utf8(env, kind == OP_SIGN ? "kmsbridge.sign" : "kmsbridge.decrypt", NAPI_AUTO_LENGTH, &name);
+    if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+        napi_create_async_work(env, NULL, name, execute, complete, job, &job->work) != napi_ok ||
+        napi_queue_async_work(env, job->work) != napi_ok) {
+        job_free(job);
+        return addon_throw(env, "ERR_ASYNC", "could not queue the key operation");
+    }
+    return promise;
+}
+
+static napi_value sign(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_SIGN);
+}
+
+static napi_value decrypt(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_DECRYPT);
+}
+
+napi_status local_crypto_register(napi_env env, napi_value exports)
+{
+    const napi_property_descriptor props[] = {
+        {"loadPrivateKey", NULL, load_private_key, NULL, NULL, NULL, napi_default, NULL},
+        {"sign", NULL, sign, NULL, NULL, NULL, napi_default, NULL},
+        {"decrypt", NULL, decrypt, NULL, NULL, NULL, napi_default, NULL},
+    };
+    return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+}

@@ -1,0 +1,172 @@
+/**
+ * The agent: serves a KeyService on a Unix socket to the provider, the
+ * ENGINE and the CLI. Each connection is checked by SO_PEERCRED, carries many
+ * requests in flight, and is closed alone when it breaks the protocol.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import { KmsError, asKmsError } from '../errors.js';
+import type { KeyService, Peer } from '../keyservice.js';
+import { Dispatcher, errorReply } from '../dispatch.js';
+import type { AuditSink } from '../audit.js';
+import { native } from '../native.js';
+import { FrameReader, ProtocolError, encodeFrame, type Frame } from '../wire/codec.js';
+import { clearStaleSocket, prepareSocketDir } from './socket-path.js';
+
+export interface AgentOptions {
+  socketPath: string;
+  keyService: KeyService;
+  audit?: AuditSink;
+  log?: (message: string) => void;
+  /** Most requests one connection may have in flight before the agent stops reading from it. */
+  maxInFlight?: number;
+}
+
+interface Connection {
+  socket: net.Socket;
+  peer: Peer;
+  inFlight: number;
+  greeted: boolean;
+}
+
+export class Agent {
+  private readonly server: net.Server;
+  private readonly connections = new Set<Connection>();
+  private readonly dispatcher: Dispatcher;
+  private readonly ownUid = process.getuid?.() ?? 0;
+  private readonly log: (message: string) => void;
+  private readonly maxInFlight: number;
+  private pending = 0;
+  private stopping?: Promise<void>;
+
+  private constructor(private readonly opts: AgentOptions) {
+    this.log = opts.log ?? (() => {});
+    this.maxInFlight = opts.maxInFlight ?? 256;
+    this.dispatcher = new Dispatcher(opts.keyService, { ownUid: this.ownUid, ...(opts.audit ? { audit: opts.audit } : {}) });
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    prepareSocketDir(opts.socketPath);
+    await clearStaleSocket(opts.socketPath);
+    const agent = new Agent(opts);
+    const oldMask = process.umask(0o177); // the socket is born 0600: no window where others could connect
+    try {
+      await new Promise<void>((resolve, reject) => {
+        agent.server.once('error', reject);
+        agent.server.listen(opts.socketPath, () => {
+          agent.server.off('error', reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    fs.chmodSync(opts.socketPath, 0o600);
+    agent.log(`listening on ${opts.socketPath}`);
+    return agent;
+  }
+
+  get socketPath(): string {
+    return this.opts.socketPath;
+  }
+
+  private accept(socket: net.Socket): void {
+    let peer: Peer;
+    try {
+      const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      if (fd === undefined || fd < 0) throw new Error('no file descriptor');
+      peer = native().peerCredentials(fd);
+    } catch (err) {
+      this.log(`refused a connection: peer credentials unavailable (${(err as Error).message})`);
+      socket.destroy();
+      return;
+    }
+    const conn: Connection = { socket, peer, inFlight: 0, greeted: false };
+    this.connections.add(conn);
+    const reader = new FrameReader();
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = reader.push(chunk);
+      } catch (err) {
+        this.log(`closing connection from pid ${peer.pid} uid ${peer.uid}: ${(err as Error).message}`);
+        socket.destroy();
+        return;
+      }
+      for (const frame of frames) this.receive(conn, frame);
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => this.connections.delete(conn));
+  }
+
+  private receive(conn: Connection, frame: Frame): void {
+    if (this.stopping || conn.socket.destroyed) return;
+    if (!conn.greeted) {
+      try {
+        const reply = this.dispatcher.hello(frame);
+        if (!this.mayConnect(conn.peer)) {
+          throw new KmsError(2, `uid ${conn.peer.uid} may not use this agent; its owner (uid ${this.ownUid}) can allow it with allow_uids in the config`);
+        }
+        conn.greeted = true;
+        conn.socket.write(encodeFrame(reply));
+      } catch (err) {
+        const e = asKmsError(err);
+        this.log(`refused pid ${conn.peer.pid} uid ${conn.peer.uid}: ${e.message}`);
+        conn.socket.end(encodeFrame(errorReply(frame, e)));
+      }
+      return;
+    }
+    conn.inFlight++;
+    this.pending++;
+    if (conn.inFlight >= this.maxInFlight) conn.socket.pause(); // backpressure: stop reading until replies drain
+    void this.dispatcher.handle(frame, conn.peer).then((reply) => {
+      conn.inFlight--;
+      this.pending--;
+      if (!conn.socket.destroyed) {
+        try {
+          conn.socket.write(encodeFrame(reply));
+        } catch (err) {
+          if (!(err instanceof ProtocolError)) throw err;
+          conn.socket.write(encodeFrame(errorReply(frame, asKmsError(new Error(`reply too large: ${err.message}`)))));
+        }
+        if (conn.inFlight < this.maxInFlight && conn.socket.isPaused()) conn.socket.resume();
+      }
+      if (this.pending === 0) this.onIdle?.();
+    });
+  }
+
+  private mayConnect(peer: Peer): boolean {
+    const ks = this.opts.keyService;
+    return ks.keyringNames().some((k) => ks.mayUse(k, peer, this.ownUid));
+  }
+
+  private onIdle?: () => void;
+
+  /** Stops accepting, answers what is in flight (up to graceMs), then closes every connection and removes the socket. */
+  stop(graceMs = 5000): Promise<void> {
+    this.stopping ??= (async () => {
+      this.server.close();
+      if (this.pending > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, graceMs);
+          this.onIdle = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+      for (const c of this.connections) c.socket.end();
+      await new Promise((r) => setTimeout(r, 20));
+      for (const c of this.connections) c.socket.destroy();
+      try {
+        fs.unlinkSync(this.opts.socketPath);
+      } catch {
+        /* already gone */
+      }
+      await this.opts.keyService.close();
+      this.log('stopped');
+    })();
+    return this.stopping;
+  }
+}

@@ -1,0 +1,32 @@
+import type { DecryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest } from '../types.js';
+
+/** What a backend reports for a key; the KeyService adds the URI. */
+export type BackendKeyDescription = Omit<KeyDescription, 'uri'>;
+export type BackendKeySummary = Omit<KeySummary, 'uri'> & { keyId: string };
+
+/** Progress of long work (RSA-4096 generation), for a terminal. */
+export type Progress = (message: string) => void;
+
+/**
+ * A key manager behind a keyring. Implementations hold the credentials and
+ * the private keys; they check nothing the KeyService already checked
+ * (algorithm allowed, digest length, SHA-1 policy) but enforce their own
+ * limits and report them through describe().
+ *
+ * Every method may be called concurrently and must be bounded by `signal`
+ * where it waits on something outside the process.
+ */
+export interface Backend {
+  readonly type: string;
+  describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription>;
+  sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer>;
+  decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer>;
+  derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer>;
+  random(length: number, signal: AbortSignal): Promise<Buffer>;
+  create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }>;
+  list(signal: AbortSignal): Promise<BackendKeySummary[]>;
+  delete(keyId: string, signal: AbortSignal): Promise<void>;
+  /** One line for `kmsbridge keys` output: how this keyring protects its keys. */
+  protectionSummary(): Promise<string>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,17 @@
+import type { KeyringConfig } from '../config.js';
+import { unsupported } from '../errors.js';
+import type { Backend } from './backend.js';
+import { LocalBackend } from './local.js';
+
+export type BackendFactory = (cfg: KeyringConfig) => Backend;
+
+/** One entry per backend type; the PKCS#11 and AWS backends join here. */
+export const BACKENDS: Record<string, BackendFactory> = {
+  local: (cfg) => new LocalBackend(cfg),
+};
+
+export function createBackend(cfg: KeyringConfig, factories: Record<string, BackendFactory> = BACKENDS): Backend {
+  const factory = factories[cfg.type];
+  if (!factory) throw unsupported(`keyring '${cfg.name}' has type '${cfg.type}', which this build of kmsbridge does not support yet`);
+  return factory(cfg);
+}

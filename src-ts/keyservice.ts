@@ -1,0 +1,284 @@
+/**
+ * The KeyService: everything that knows about keys. It resolves kms: URIs to
+ * keyrings and backends, enforces each keyring's policy before a backend is
+ * asked anything, bounds every backend call by the keyring's timeout, and
+ * caches descriptions (public keys) per keyring. The agent and the
+ * in-process worker both run one of these.
+ */
+import { ErrorCode, KmsError, asKmsError, badRequest, notFound, unsupported } from './errors.js';
+import type { Config, KeyringConfig } from './config.js';
+import type { Backend, Progress } from './backends/backend.js';
+import { BACKENDS, createBackend, type BackendFactory } from './backends/index.js';
+import { formatKeyUri, parseKeyUri, type KeyUri } from './uri.js';
+import {
+  DIGEST_SIZE,
+  KEY_SPECS,
+  isDigest,
+  type DecryptRequest,
+  type Digest,
+  type KeyDescription,
+  type KeySpec,
+  type KeySummary,
+  type SignRequest,
+} from './types.js';
+
+export const MAX_RANDOM = 65536;
+
+interface Keyring {
+  config: KeyringConfig;
+  backend: Backend;
+  descriptions: Map<string, Promise<KeyDescription>>;
+}
+
+/** Who is asking: the agent fills this from SO_PEERCRED. */
+export interface Peer {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export class KeyService {
+  private readonly keyrings = new Map<string, Keyring>();
+  private closed = false;
+
+  constructor(
+    readonly config: Config,
+    private readonly factories: Record<string, BackendFactory> = BACKENDS,
+  ) {}
+
+  keyringNames(): string[] {
+    return [...this.config.keyrings.keys()];
+  }
+
+  keyringConfig(name: string): KeyringConfig {
+    const cfg = this.config.keyrings.get(name);
+    if (!cfg) {
+      const known = this.keyringNames().join(', ') || 'none';
+      const where = this.config.source ? `config ${this.config.source}` : 'the built-in default config';
+      throw notFound(`unknown keyring '${name}' (known in ${where}: ${known})`);
+    }
+    return cfg;
+  }
+
+  private keyring(name: string): Keyring {
+    if (this.closed) throw new KmsError(ErrorCode.BACKEND_UNAVAILABLE, 'the KeyService is shutting down');
+    let kr = this.keyrings.get(name);
+    if (!kr) {
+      const config = this.keyringConfig(name);
+      kr = { config, backend: createBackend(config, this.factories), descriptions: new Map() };
+      this.keyrings.set(name, kr);
+    }
+    return kr;
+  }
+
+  /** Whether a peer may use a keyring: the agent's own uid always; others only where the config allows them. */
+  mayUse(keyring: string, peer: Peer, ownUid: number): boolean {
+    if (peer.uid === ownUid) return true;
+    const agent = this.config.agent;
+    const kr = this.config.keyrings.get(keyring);
+    const uids = [...agent.allowUids, ...(kr?.allowUids ?? [])];
+    const gids = [...agent.allowGids, ...(kr?.allowGids ?? [])];
+    return uids.includes(peer.uid) || gids.includes(peer.gid);
+  }
+
+  /** Runs one backend call under the keyring's timeout; the backend sees the abort signal. */
+  private async call<T>(kr: Keyring, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ms = kr.config.timeoutMs;
+    const ctl = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        ctl.abort();
+        reject(
+          new KmsError(
+            ErrorCode.TIMEOUT,
+            `keyring '${kr.config.name}' (${kr.config.type}) did not answer ${what} within ${ms} ms; check the key manager, or raise timeout_ms in [keyrings.${kr.config.name}]`,
+          ),
+        );
+      }, ms);
+    });
+    try {
+      return await Promise.race([fn(ctl.signal), timeout]);
+    } catch (err) {
+      throw asKmsError(err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private resolve(uri: string): { parsed: KeyUri; kr: Keyring } {
+    const parsed = parseKeyUri(uri);
+    return { parsed, kr: this.keyring(parsed.keyring) };
+  }
+
+  async describe(uri: string): Promise<KeyDescription> {
+    const { parsed, kr } = this.resolve(uri);
+    let p = kr.descriptions.get(parsed.keyId);
+    if (!p) {
+      p = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => applyPolicy(kr.config, { uri, ...d }));
+      kr.descriptions.set(parsed.keyId, p);
+      p.catch(() => kr.descriptions.delete(parsed.keyId)); // never cache a failure
+    }
+    return p;
+  }
+
+  async sign(uri: string, req: SignRequest): Promise<Buffer> {
+    const { parsed, kr } = this.resolve(uri);
+    const desc = await this.describe(uri);
+    checkSign(kr.config, desc, req);
+    return this.call(kr, `sign with ${uri}`, (s) => kr.backend.sign(parsed.keyId, req, s));
+  }
+
+  async decrypt(uri: string, req: DecryptRequest): Promise<Buffer> {
+    const { parsed, kr } = this.resolve(uri);
+    const desc = await this.describe(uri);
+    checkDecrypt(kr.config, desc, req);
+    return this.call(kr, `decrypt with ${uri}`, (s) => kr.backend.decrypt(parsed.keyId, req, s));
+  }
+
+  async derive(uri: string, peerKey: Buffer): Promise<Buffer> {
+    const { parsed, kr } = this.resolve(uri);
+    const desc = await this.describe(uri);
+    if (!desc.algorithms.includes('ecdh')) throw wrongAlgorithm(desc, 'ecdh');
+    if (peerKey.length === 0) throw badRequest('ECDH needs the peer public key');
+    return this.call(kr, `derive with ${uri}`, (s) => kr.backend.derive(parsed.keyId, peerKey, s));
+  }
+
+  async random(length: number, keyring?: string): Promise<Buffer> {
+    if (!Number.isInteger(length) || length < 1 || length > MAX_RANDOM) {
+      throw badRequest(`random: length ${length} is outside 1..${MAX_RANDOM}`);
+    }
+    const name = keyring ?? this.keyringNames()[0];
+    if (!name) throw notFound('no keyring is configured to draw random bytes from');
+    const kr = this.keyring(name);
+    return this.call(kr, 'random', (s) => kr.backend.random(length, s));
+  }
+
+  async create(keyring: string, name: string, spec: string, progress?: Progress): Promise<KeyDescription> {
+    if (!(KEY_SPECS as readonly string[]).includes(spec)) {
+      throw unsupported(`key type '${spec}' is not one of ${KEY_SPECS.join(', ')}`);
+    }
+    const kr = this.keyring(keyring);
+    // RSA-4096 generation can take seconds: allow it more than a signature.
+    const { keyId } = await this.call(kr, `create ${name}`, (s) => kr.backend.create(name, spec as KeySpec, s, progress));
+    kr.descriptions.delete(keyId);
+    return this.describe(formatKeyUri(keyring, keyId));
+  }
+
+  async list(keyring?: string): Promise<KeySummary[]> {
+    const names = keyring ? [keyring] : this.keyringNames();
+    const out: KeySummary[] = [];
+    for (const name of names) {
+      const kr = this.keyring(name);
+      for (const k of await this.call(kr, 'list', (s) => kr.backend.list(s))) {
+        const { keyId, ...rest } = k;
+        out.push({ uri: formatKeyUri(name, keyId), ...rest });
+      }
+    }
+    return out;
+  }
+
+  async delete(uri: string): Promise<void> {
+    const { parsed, kr } = this.resolve(uri);
+    kr.descriptions.delete(parsed.keyId);
+    try {
+      await this.call(kr, `delete ${uri}`, (s) => kr.backend.delete(parsed.keyId, s));
+    } finally {
+      kr.descriptions.delete(parsed.keyId);
+    }
+  }
+
+  async protectionSummary(keyring: string): Promise<string> {
+    return this.keyring(keyring).backend.protectionSummary();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.keyrings.values()];
+    this.keyrings.clear();
+    await Promise.allSettled(all.map((kr) => kr.backend.close()));
+  }
+}
+
+// ---- policy ------------------------------------------------------------------
+
+/** Narrows what the backend can do to what the keyring allows. */
+function applyPolicy(cfg: KeyringConfig, d: KeyDescription): KeyDescription {
+  return {
+    ...d,
+    algorithms: d.algorithms.filter((a) => a !== 'rsa-pkcs1-decrypt' || cfg.allowPkcs1Decrypt),
+    digests: d.digests.filter((g) => g !== 'sha1' || cfg.allowSha1),
+  };
+}
+
+function keyLabel(d: KeyDescription): string {
+  return `${d.uri} (${d.keyType}${d.curve ? ' ' + d.curve : d.keyType === 'rsa' ? '-' + d.bits : ''})`;
+}
+
+function wrongAlgorithm(d: KeyDescription, alg: string): KmsError {
+  return unsupported(`key ${keyLabel(d)} does not allow ${alg}; it allows: ${d.algorithms.join(', ') || 'nothing'}`);
+}
+
+function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | undefined, role: string): Digest {
+  if (digest === undefined) throw badRequest(`${role} digest missing for ${d.uri}`);
+  if (!isDigest(digest)) throw unsupported(`digest '${digest}' is not supported (use sha224, sha256, sha384 or sha512)`);
+  if (digest === 'sha1' && !cfg.allowSha1) {
+    throw unsupported(
+      `SHA-1 signatures are refused for keyring '${cfg.name}' (${d.uri}): SHA-1 is broken for signatures; use SHA-256 or stronger, or set allow_sha1 = true in [keyrings.${cfg.name}]`,
+    );
+  }
+  if (!d.digests.includes(digest)) throw unsupported(`key ${keyLabel(d)} does not sign with ${digest}; it allows: ${d.digests.join(', ')}`);
+  if (d.mandatoryDigest && digest !== d.mandatoryDigest) {
+    throw unsupported(`key ${keyLabel(d)} signs only with ${d.mandatoryDigest}, not ${digest}`);
+  }
+  return digest;
+}
+
+function checkSign(cfg: KeyringConfig, d: KeyDescription, req: SignRequest): void {
+  if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
+  if (req.algorithm === 'ed25519') {
+    if (req.digest !== undefined) throw badRequest('Ed25519 signs the whole message: no digest may be given');
+    if (d.maxMessage !== undefined && req.data.length > d.maxMessage) {
+      throw unsupported(`message of ${req.data.length} bytes exceeds the ${d.maxMessage}-byte Ed25519 limit of ${d.uri}'s key manager`);
+    }
+    return;
+  }
+  if (req.algorithm === 'rsa-pkcs1' && req.digest === undefined) {
+    // Raw type-1 padding (no DigestInfo): the input must fit the padding.
+    if (req.data.length > d.bits / 8 - 11) throw badRequest(`input of ${req.data.length} bytes is too long for PKCS#1 padding with ${keyLabel(d)}`);
+    return;
+  }
+  const digest = checkDigest(cfg, d, req.digest, 'signature');
+  if (req.data.length !== DIGEST_SIZE[digest]) {
+    throw badRequest(`${digest} digest must be ${DIGEST_SIZE[digest]} bytes, got ${req.data.length} (the caller hashes; send only the digest)`);
+  }
+  if (req.algorithm === 'rsa-pss') {
+    const mgf1 = req.mgf1Digest ?? digest;
+    if (!isDigest(mgf1)) throw unsupported(`MGF1 digest '${mgf1}' is not supported`);
+    const salt = req.saltLength;
+    if (salt === undefined) throw badRequest('RSA-PSS needs a salt length');
+    const max = Math.ceil((d.bits - 1) / 8) - DIGEST_SIZE[digest] - 2;
+    if (salt > max) throw badRequest(`PSS salt length ${salt} exceeds the maximum ${max} for ${keyLabel(d)} with ${digest}`);
+    if (d.pssSalt === 'digest' && salt !== DIGEST_SIZE[digest]) {
+      throw unsupported(`key manager of ${d.uri} fixes the PSS salt length to the digest length (${DIGEST_SIZE[digest]} for ${digest}), not ${salt}`);
+    }
+  }
+}
+
+function checkDecrypt(cfg: KeyringConfig, d: KeyDescription, req: DecryptRequest): void {
+  if (req.algorithm === 'rsa-pkcs1-decrypt' && !d.algorithms.includes('rsa-pkcs1-decrypt') && d.keyType === 'rsa') {
+    throw unsupported(
+      `PKCS#1 v1.5 decryption is disabled for keyring '${cfg.name}' (${d.uri}): it is open to padding-oracle attacks; use OAEP, or set allow_pkcs1_decrypt = true in [keyrings.${cfg.name}]`,
+    );
+  }
+  if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
+  if (req.data.length !== Math.ceil(d.bits / 8)) {
+    throw badRequest(`ciphertext of ${req.data.length} bytes does not match ${keyLabel(d)} (${Math.ceil(d.bits / 8)} bytes expected)`);
+  }
+  if (req.algorithm === 'rsa-oaep') {
+    // OAEP's digest is not a signature digest: SHA-1 is fine here.
+    for (const g of [req.digest, req.mgf1Digest]) {
+      if (g !== undefined && !isDigest(g)) throw unsupported(`OAEP digest '${g}' is not supported (sha1, sha224, sha256, sha384, sha512)`);
+    }
+  }
+}

@@ -1,0 +1,39 @@
+import path from 'node:path';
+import nodeGypBuild from 'node-gyp-build';
+
+/** The slice of kmsbridge.node that the TypeScript side calls. */
+export interface NativeKeyHandle {
+  readonly __brand: 'NativeKeyHandle';
+}
+export interface NativeOpOptions {
+  padding: 'pkcs1' | 'pss' | 'oaep' | 'none';
+  digest?: string;
+  mgf1Digest?: string;
+  saltLength?: number;
+  label?: Buffer;
+}
+export interface NativeAddon {
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+  loadPrivateKey(pkcs8: Buffer): NativeKeyHandle;
+  sign(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
+  decrypt(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
+}
+
+let addon: NativeAddon | undefined;
+
+/** The package root: dist/ and build/ sit side by side under it. */
+export const PACKAGE_ROOT = path.resolve(__dirname, '..');
+
+export function native(): NativeAddon {
+  if (!addon) {
+    try {
+      addon = nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
+    } catch (err) {
+      throw new Error(
+        `the kmsbridge native addon is not built (${(err as Error).message.split('\n')[0]}); ` +
+          `run 'npm rebuild kmsbridge' (needs make, gcc and libssl-dev)`,
+      );
+    }
+  }
+  return addon;
+}
