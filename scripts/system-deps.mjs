@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Installs the Debian packages kmsbridge needs for a purpose, when it can
+// (root with apt-get), or stops with the exact command to run. Never skips
+// silently: a missing package here would otherwise surface as a confusing
+// build or test failure much later.
+//
+//   node scripts/system-deps.mjs --for build   # native build: compiler, make, OpenSSL headers
+//   node scripts/system-deps.mjs --for test    # test peers: openssl, ssh-keygen, curl, nginx
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+
+const NEEDS = {
+  build: [
+    { pkg: 'make', check: () => hasCommand('make') },
+    { pkg: 'gcc', check: () => hasCommand('cc') },
+    { pkg: 'pkg-config', check: () => hasCommand('pkg-config') },
+    { pkg: 'libssl-dev', check: () => fs.existsSync('/usr/include/openssl/core_dispatch.h') },
+    { pkg: 'openssl', check: () => hasCommand('openssl') },
+  ],
+  test: [
+    { pkg: 'openssl', check: () => hasCommand('openssl') },
+    { pkg: 'openssh-client', check: () => hasCommand('ssh-keygen') },
+    { pkg: 'curl', check: () => hasCommand('curl') },
+    { pkg: 'nginx-light', check: () => hasCommand('nginx') || fs.existsSync('/usr/sbin/nginx') },
+  ],
+};
+
+function hasCommand(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+const purpose = process.argv[process.argv.indexOf('--for') + 1];
+if (!NEEDS[purpose]) {
+  console.error(`usage: system-deps.mjs --for ${Object.keys(NEEDS).join('|')}`);
+  process.exit(2);
+}
+// A consumer installing a prebuilt package needs no build tools; KMSBRIDGE_SKIP_SYSTEM_DEPS=1 is the explicit opt-out.
+if (process.env.KMSBRIDGE_SKIP_SYSTEM_DEPS === '1') process.exit(0);
+
+const missing = [...new Set(NEEDS[purpose].filter((n) => !n.check()).map((n) => n.pkg))];
+if (missing.length === 0) process.exit(0);
+
+const command = `apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`;
+const isRoot = process.getuid?.() === 0;
+if (!isRoot || !hasCommand('apt-get')) {
+  console.error(`kmsbridge: the ${purpose} needs these Debian packages: ${missing.join(', ')}`);
+  console.error(`install them, then run the command again:\n  sudo ${command}`);
+  process.exit(1);
+}
+console.error(`kmsbridge: installing ${missing.join(', ')} for the ${purpose} (running as root)`);
+const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+for (const args of [['update', '-q'], ['install', '-y', '-q', '--no-install-recommends', ...missing]]) {
+  const r = spawnSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env, timeout: 15 * 60_000 });
+  if (r.status !== 0) {
+    console.error(`kmsbridge: 'apt-get ${args.join(' ')}' failed (exit ${r.status ?? r.signal}); run it by hand:\n  ${command}`);
+    process.exit(1);
+  }
+}
+const still = NEEDS[purpose].filter((n) => !n.check()).map((n) => n.pkg);
+if (still.length) {
+  console.error(`kmsbridge: still missing after install: ${still.join(', ')}`);
+  process.exit(1);
+}
