@@ -88,13 +88,14 @@ export class KeyService {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        ctl.abort();
+        // Reject first: aborting makes the backend reject too, and the timeout is the error to report.
         reject(
           new KmsError(
             ErrorCode.TIMEOUT,
             `keyring '${kr.config.name}' (${kr.config.type}) did not answer ${what} within ${ms} ms; check the key manager, or raise timeout_ms in [keyrings.${kr.config.name}]`,
           ),
         );
+        ctl.abort();
       }, ms);
     });
     try {

@@ -62,10 +62,15 @@ export class AgentClient {
       });
     });
     const client = new AgentClient(socket, socketPath, timeoutMs);
-    await client.request(MsgType.HELLO, [
-      { tag: Tag.VERSION, value: PROTOCOL_VERSION },
-      { tag: Tag.PEER_NAME, value: opts.peerName ?? 'kmsbridge-cli/0.1.0' },
-    ]);
+    try {
+      await client.request(MsgType.HELLO, [
+        { tag: Tag.VERSION, value: PROTOCOL_VERSION },
+        { tag: Tag.PEER_NAME, value: opts.peerName ?? 'kmsbridge-cli/0.1.0' },
+      ]);
+    } catch (err) {
+      client.close();
+      throw err;
+    }
     return client;
   }
 

@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { KmsError, asKmsError } from '../errors.js';
 import type { KeyService, Peer } from '../keyservice.js';
 import { Dispatcher, errorReply } from '../dispatch.js';
@@ -20,6 +21,19 @@ export interface AgentOptions {
   log?: (message: string) => void;
   /** Most requests one connection may have in flight before the agent stops reading from it. */
   maxInFlight?: number;
+}
+
+/**
+ * Whether peers other than the owner may connect at all. By default the socket
+ * is 0600 in a 0700 directory; when the config allows other uids or gids, the
+ * socket is 0666 in a 0711 directory and SO_PEERCRED alone decides.
+ */
+export function opensToOthers(ks: KeyService): boolean {
+  const c = ks.config;
+  return (
+    c.agent.allowUids.length + c.agent.allowGids.length > 0 ||
+    [...c.keyrings.values()].some((k) => k.allowUids.length + k.allowGids.length > 0)
+  );
 }
 
 interface Connection {
@@ -50,7 +64,9 @@ export class Agent {
     prepareSocketDir(opts.socketPath);
     await clearStaleSocket(opts.socketPath);
     const agent = new Agent(opts);
-    const oldMask = process.umask(0o177); // the socket is born 0600: no window where others could connect
+    const shared = opensToOthers(opts.keyService);
+    // The socket is born with its final mode: no window where others could connect.
+    const oldMask = process.umask(shared ? 0o111 : 0o177);
     try {
       await new Promise<void>((resolve, reject) => {
         agent.server.once('error', reject);
@@ -62,8 +78,9 @@ export class Agent {
     } finally {
       process.umask(oldMask);
     }
-    fs.chmodSync(opts.socketPath, 0o600);
-    agent.log(`listening on ${opts.socketPath}`);
+    fs.chmodSync(opts.socketPath, shared ? 0o666 : 0o600);
+    if (shared) fs.chmodSync(path.dirname(opts.socketPath), 0o711);
+    agent.log(`listening on ${opts.socketPath}${shared ? ' (open to the uids and gids the config allows; checked by SO_PEERCRED)' : ''}`);
     return agent;
   }
 

@@ -444,6 +444,7 @@ export class LocalBackend implements Backend {
   }
 
   async protectionSummary(): Promise<string> {
+    if (fs.existsSync(this.dir)) checkPrivateDir(this.dir, `key store of keyring '${this.cfg.name}'`);
     if (!this.storeExists()) {
       return readPassphrase(this.cfg) ? 'passphrase (scrypt), store not created yet' : 'random key file, store not created yet';
     }
