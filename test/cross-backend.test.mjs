@@ -1,0 +1,88 @@
+// The same scenarios on every backend (see test/lib/backends.mjs): keys of
+// every type the backend has, used through the agent, each result verified by
+// the system openssl with the public key an independent tool read.
+import t from 'tap';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { sandbox, startAgent, openssl, opensslOk } from './lib/env.mjs';
+import { selectedFixtures } from './lib/backends.mjs';
+import { AgentClient } from '../dist/agent/client.js';
+import { MsgType, Tag } from '../dist/wire/codec.js';
+
+const DIGEST_LEN = { sha256: 32, sha384: 48, sha512: 64 };
+const defaultDigest = (spec) => ({ 'ec-p384': 'sha384', 'ec-p521': 'sha512' })[spec] ?? 'sha256';
+
+for (const backend of selectedFixtures()) {
+  t.test(`${backend.name} backend`, async (t) => {
+    const fx = await backend.prepare(t);
+    const box = sandbox(t, { keyrings: fx.keyrings });
+    Object.assign(box.env, fx.env);
+    await startAgent(t, box);
+    const client = await AgentClient.connect(box.socket, { timeoutMs: 60_000 });
+    t.teardown(() => client.close());
+    const message = Buffer.from(`signed on the ${backend.name} backend\n`);
+    fs.writeFileSync(box.file('msg'), message);
+
+    for (const spec of backend.specs) {
+      t.test(`${backend.name}: ${spec} keys sign and the system openssl verifies`, async (t) => {
+        const uri = await backend.createKey(t, box, fx, `x-${spec}`, spec);
+        const pub = box.file(`${spec}.pem`);
+        await backend.publicKeyPem(t, box, fx, uri, pub);
+        const variants = spec.startsWith('rsa')
+          ? [
+              { alg: 'rsa-pkcs1', digest: 'sha256', opts: [] },
+              { alg: 'rsa-pss', digest: 'sha256', salt: 32, opts: ['-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', 'rsa_pss_saltlen:32'] },
+              { alg: 'rsa-pss', digest: 'sha384', salt: 48, opts: ['-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', 'rsa_pss_saltlen:48'] },
+            ]
+          : spec.startsWith('ec')
+            ? [{ alg: 'ecdsa', digest: defaultDigest(spec), opts: [] }]
+            : [{ alg: 'ed25519' }];
+        for (const v of variants) {
+          const data = v.digest ? crypto.createHash(v.digest).update(message).digest() : message;
+          const f = await client.request(MsgType.SIGN, [
+            { tag: Tag.URI, value: uri },
+            { tag: Tag.ALGORITHM, value: v.alg },
+            ...(v.digest ? [{ tag: Tag.DIGEST, value: v.digest }] : []),
+            ...(v.salt !== undefined ? [{ tag: Tag.SALT_LENGTH, value: v.salt }] : []),
+            { tag: Tag.DATA, value: data },
+          ]);
+          fs.writeFileSync(box.file('sig'), f.requireBytes(Tag.RESULT));
+          fs.writeFileSync(box.file('in'), data);
+          const args = v.digest
+            ? ['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('in'), '-sigfile', box.file('sig'), '-pkeyopt', `digest:${v.digest}`, ...v.opts]
+            : ['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-rawin', '-in', box.file('msg'), '-sigfile', box.file('sig')];
+          const r = openssl(args);
+          t.equal(r.status, 0, `${v.alg}${v.digest ? ' ' + v.digest : ''}: ${r.stderr.trim() || 'verified'}`);
+        }
+        if (spec.startsWith('rsa')) {
+          const secret = crypto.randomBytes(24);
+          const ct = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256'], { input: secret });
+          const f = await client.request(MsgType.DECRYPT, [{ tag: Tag.URI, value: uri }, { tag: Tag.ALGORITHM, value: 'rsa-oaep' }, { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.DATA, value: ct }]);
+          t.same(f.requireBytes(Tag.RESULT), secret, 'OAEP-SHA-256 decrypts what openssl encrypted');
+        }
+        if (spec.startsWith('ec') && !backend.limits.noEcdh) {
+          const curve = { 'ec-p256': 'P-256', 'ec-p384': 'P-384', 'ec-p521': 'P-521' }[spec];
+          const peer = box.file(`peer-${spec}.pem`);
+          opensslOk(t, ['genpkey', '-algorithm', 'EC', '-pkeyopt', `ec_paramgen_curve:${curve}`, '-out', peer]);
+          const peerSpki = opensslOk(t, ['pkey', '-in', peer, '-pubout', '-outform', 'DER']);
+          const f = await client.request(MsgType.DERIVE, [{ tag: Tag.URI, value: uri }, { tag: Tag.PEER_KEY, value: peerSpki }]);
+          t.same(f.requireBytes(Tag.RESULT), opensslOk(t, ['pkeyutl', '-derive', '-inkey', peer, '-peerkey', pub]), 'ECDH matches openssl pkeyutl -derive');
+        }
+      });
+    }
+
+    t.test(`${backend.name}: describe reports the same public key the independent tool read`, async (t) => {
+      const uri = await backend.createKey(t, box, fx, 'describe-me', backend.specs.find((s) => s.startsWith('ec')) ?? backend.specs[0]);
+      const pub = box.file('describe.pem');
+      await backend.publicKeyPem(t, box, fx, uri, pub);
+      const f = await client.request(MsgType.DESCRIBE, [{ tag: Tag.URI, value: uri }]);
+      const spki = opensslOk(t, ['pkey', '-pubin', '-in', pub, '-outform', 'DER']);
+      t.same(f.requireBytes(Tag.PUBLIC_KEY), spki);
+    });
+
+    t.test(`${backend.name}: random bytes`, async (t) => {
+      const f = await client.request(MsgType.RANDOM, [{ tag: Tag.LENGTH, value: 48 }, { tag: Tag.KEYRING, value: fx.keyring }]);
+      t.equal(f.requireBytes(Tag.RESULT).length, 48);
+    });
+  });
+}

@@ -1,0 +1,39 @@
+// Backend fixtures for the cross-backend suite (test/cross-backend.test.mjs).
+// Each backend says how to configure a keyring of its kind, which key types it
+// has, how to create a key, and how to read a key's public half through a
+// tool independent of kmsbridge (for the local store there is none, so its
+// public key comes from `kmsbridge keys export` and is checked against the
+// store elsewhere, in local-store.test.mjs).
+//
+// A fixture:
+//   name:      the backend type
+//   specs:     key types the suite exercises on it
+//   prepare(t) -> { keyrings: { <name>: settings }, env: {...}, keyring: '<name>' }
+//              sets up the key manager itself (token, test server) for one test file
+//   createKey(t, box, fx, name, spec) -> uri
+//   publicKeyPem(t, box, fx, uri, file) writes the key's public half to `file` (PEM) by an independent tool
+//   limits:    { pssSaltDigestOnly?, digestsBySpec?, maxEd25519Message?, sha1? } what the backend refuses by design
+import { cliOk } from './env.mjs';
+
+export const FIXTURES = {
+  local: {
+    name: 'local',
+    specs: ['rsa-2048', 'rsa-3072', 'ec-p256', 'ec-p384', 'ec-p521', 'ed25519'],
+    async prepare() {
+      return { keyrings: { kr: { type: 'local' } }, env: {}, keyring: 'kr' };
+    },
+    async createKey(t, box, fx, name, spec) {
+      return cliOk(t, box, ['keys', 'create', name, '--keyring', fx.keyring, '--type', spec], { env: fx.env }).trim();
+    },
+    async publicKeyPem(t, box, fx, uri, file) {
+      cliOk(t, box, ['keys', 'export', uri, '--format', 'pem', '-o', file], { env: fx.env });
+    },
+    limits: {},
+  },
+};
+
+/** The backends to run: all, or those named in KMSBRIDGE_TEST_BACKENDS (comma-separated). */
+export function selectedFixtures() {
+  const only = process.env.KMSBRIDGE_TEST_BACKENDS?.split(',').filter(Boolean);
+  return Object.values(FIXTURES).filter((f) => !only || only.includes(f.name));
+}
