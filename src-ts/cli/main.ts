@@ -4,6 +4,7 @@ import { KmsError } from '../errors.js';
 import { agentCommand } from './agent.js';
 import { keysCommand } from './keys.js';
 import { demoCommand } from './demo.js';
+import { confCommands } from './conf.js';
 
 export interface GlobalOptions {
   config?: string;
@@ -25,6 +26,7 @@ function program(): Command {
   p.addCommand(agentCommand());
   p.addCommand(keysCommand());
   p.addCommand(demoCommand());
+  for (const c of confCommands()) p.addCommand(c);
   for (const c of p.commands) {
     c.exitOverride();
     for (const sub of c.commands) sub.exitOverride();
