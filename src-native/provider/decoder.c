@@ -102,11 +102,11 @@ static int kb_pem_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
         return 0;
     int type = OSSL_OBJECT_PKEY;
     OSSL_PARAM params[] = {
-        OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &type),
-        OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE,
-                               (char *)KB_KEYREF_STRUCTURE, 0),
-        OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, der, der_len),
-        OSSL_PARAM_END,
+        OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type),
+        OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE,
+                                         (char *)KB_KEYREF_STRUCTURE, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_DATA, der, der_len),
+        OSSL_PARAM_construct_end(),
     };
     ok = object_cb(params, object_cbarg);
     free(der);
@@ -138,14 +138,17 @@ static int der_decode(struct kb_prov *prov, enum kb_key_type want,
     if (key->type == want) {
         int type = OSSL_OBJECT_PKEY;
         OSSL_PARAM params[] = {
-            OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &type),
-            OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
-                                   (char *)kb_key_type_name(key->type), 0),
-            OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key,
-                                    sizeof(key)),
+            OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type),
+            OSSL_PARAM_construct_utf8_string(
+                OSSL_OBJECT_PARAM_DATA_TYPE,
+                (char *)kb_key_type_name(key->type), 0),
+            OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key,
+                                              sizeof(key)),
             OSSL_PARAM_END,
         };
         ok = object_cb(params, object_cbarg);
+        KB_LOG("decoded %s as %s key: %s", key->uri,
+               kb_key_type_name(key->type), ok ? "taken" : "refused");
     }
     kb_key_free(key);
     return ok;

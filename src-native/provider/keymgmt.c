@@ -131,8 +131,6 @@ static int kb_km_get_params(void *keydata, OSSL_PARAM params[])
 
     if (key == NULL)
         return 0;
-    for (const OSSL_PARAM *q = params; q->key != NULL; q++)
-        KB_LOG("TMP get_params %s", q->key);
     /* bits, security bits, max size, group, public key: the public half's */
     if (key->pub != NULL && !EVP_PKEY_get_params(key->pub, params))
         return 0;

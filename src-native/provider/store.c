@@ -100,12 +100,14 @@ static int load_key(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
     if (key == NULL)
         return 0;
     OSSL_PARAM params[] = {
-        OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &type),
-        OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
-                               (char *)kb_key_type_name(key->type), 0),
-        OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key, sizeof(key)),
-        OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DESC, key->uri, 0),
-        OSSL_PARAM_END,
+        OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type),
+        OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
+                                         (char *)kb_key_type_name(key->type),
+                                         0),
+        OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key,
+                                          sizeof(key)),
+        OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DESC, key->uri, 0),
+        OSSL_PARAM_construct_end(),
     };
     int ok = object_cb(params, object_cbarg);
     kb_key_free(key);
@@ -135,8 +137,8 @@ static int list_keys(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
             continue;
         int type = OSSL_OBJECT_NAME;
         OSSL_PARAM params[] = {
-            OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &type),
-            OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA, uri, 0),
+            OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type),
+            OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA, uri, 0),
             OSSL_PARAM_END,
         };
         ok = object_cb(params, object_cbarg);
