@@ -57,6 +57,14 @@ int kb_channel_call(struct kb_channel *ch, struct kb_buf *req,
                     unsigned timeout_ms, struct kb_wire_msg **reply,
                     struct kb_err *err);
 
+/*
+ * A process-wide channel that replaces the agent channel for every provider
+ * and ENGINE instance: the Node addon installs its N-API bridge (or an agent
+ * channel to a socket the application chose) here. NULL: none.
+ */
+void kb_channel_set_override(struct kb_channel *ch);
+struct kb_channel *kb_channel_override(void);
+
 /* ---- the agent socket channel ------------------------------------------ */
 
 #define KB_AGENT_CONNECT_TIMEOUT_MS 5000u

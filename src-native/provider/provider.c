@@ -231,6 +231,9 @@ static void read_config(struct kb_prov *prov, const OSSL_DISPATCH *in)
 
 static struct kb_channel *kb_prov_channel(struct kb_prov *prov)
 {
+    struct kb_channel *override = kb_channel_override();
+    if (override != NULL)
+        return override; /* the Node addon's bridge or its own agent channel */
     pthread_mutex_lock(&prov->lock);
     if (prov->chan == NULL) {
         const char *env_sock = getenv("KMSBRIDGE_AGENT_SOCK");
