@@ -1,17 +1,27 @@
 {
-  # kmsbridge.node: compiled against Node's own OpenSSL headers (node-gyp puts
-  # them on the include path) and deliberately not linked with -lcrypto: its
-  # OpenSSL symbols bind to those the node binary exports.
+  # kmsbridge.node: the Node addon. The same C core as kmsbridge.so (wire
+  # codec, channels, provider), compiled against Node's own OpenSSL headers
+  # (node-gyp puts them on the include path) and deliberately NOT linked with
+  # -lcrypto: its OpenSSL symbols bind to those the node binary exports.
   "targets": [
     {
       "target_name": "kmsbridge",
       "sources": [
         "src-native/node/addon.c",
         "src-native/node/peercred.c",
-        "src-native/node/local_crypto.c"
+        "src-native/node/local_crypto.c",
+        "src-native/node/bridge.c",
+        "src-native/node/register.c",
+        "src-native/common/wire.c",
+        "src-native/common/channel.c",
+        "src-native/common/channel_agent.c",
+        "src-native/common/keyref.c",
+        "src-native/common/log.c",
+        "<!@(node -p \"require('fs').readdirSync('src-native/provider').filter(f => f.endsWith('.c')).map(f => 'src-native/provider/' + f).join(' ')\")"
       ],
-      "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-fvisibility=hidden"],
-      "defines": ["NAPI_VERSION=8", "OPENSSL_API_COMPAT=30000", "OPENSSL_NO_DEPRECATED"]
+      "include_dirs": ["src-native/common", "src-native/provider"],
+      "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-fvisibility=hidden", "-pthread"],
+      "defines": ["_GNU_SOURCE", "NAPI_VERSION=8", "OPENSSL_API_COMPAT=30000", "KB_NODE_ADDON"]
     }
   ]
 }

@@ -17,6 +17,18 @@ export interface NativeAddon {
   loadPrivateKey(pkcs8: Buffer): NativeKeyHandle;
   sign(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
   decrypt(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
+  /** The N-API bridge: the worker binds its request handler and answers each request. */
+  bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
+  bridgeUnbind(): void;
+  bridgeComplete(handle: BridgeHandle, reply: Buffer): void;
+  /** Whether the provider is registered in Node's OpenSSL (once per process). */
+  registration(): { provider: boolean; openssl: string; error?: string };
+  /** Which channel the in-process provider uses. */
+  useChannel(kind: 'bridge' | 'none', timeoutMs?: number): void;
+  useChannel(kind: 'agent', timeoutMs: number, socketPath: string): void;
+}
+export interface BridgeHandle {
+  readonly __brand: 'BridgeHandle';
 }
 
 let addon: NativeAddon | undefined;

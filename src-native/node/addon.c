@@ -15,6 +15,11 @@ static napi_value init(napi_env env, napi_value exports)
         return NULL;
     if (local_crypto_register(env, exports) != napi_ok)
         return NULL;
+    if (bridge_register(env, exports) != napi_ok)
+        return NULL;
+    /* last: it registers the provider, whose calls may need the bridge */
+    if (register_register(env, exports) != napi_ok)
+        return NULL;
     return exports;
 }
 

@@ -3,7 +3,9 @@
  * a Unix socket. Node exposes no SO_PEERCRED, and the agent's access control
  * depends on it.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
