@@ -8,6 +8,7 @@ export type BackendFactory = (cfg: KeyringConfig) => Backend;
 /** One entry per backend type; the PKCS#11 and AWS backends join here. */
 export const BACKENDS: Record<string, BackendFactory> = {
   local: (cfg) => new LocalBackend(cfg),
+  pkcs11: (cfg) => new (require('./pkcs11.js') as typeof import('./pkcs11.js')).Pkcs11Backend(cfg), // loads the PKCS#11 binding on first use
 };
 
 export function createBackend(cfg: KeyringConfig, factories: Record<string, BackendFactory> = BACKENDS): Backend {

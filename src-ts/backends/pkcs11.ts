@@ -1,0 +1,723 @@
+/**
+ * The PKCS#11 backend: keys on an HSM or a software token (SoftHSM2,
+ * Kryoptic), reached through the vendor's PKCS#11 library, which only the
+ * KeyService process loads. Applications never see the library or the PIN.
+ *
+ *   [keyrings.hsm]
+ *   type = "pkcs11"
+ *   library = "/usr/lib/softhsm/libsofthsm2.so"
+ *   token_label = "prod"      # or slot = 0
+ *   pin_env = "HSM_PIN"       # or pin_file = "/etc/kmsbridge/hsm.pin" (0600/0400), or pin = "…" (development)
+ *   max_sessions = 8
+ *
+ * Key-ids are RFC 7512 attributes (see pkcs11/key-id.ts): kms:hsm/id=01,
+ * kms:hsm/label=web, kms:hsm/id=%01;label=web. Keys this backend creates get
+ * CKA_LABEL = the name and a fresh random CKA_ID; their key-id is label=<name>.
+ *
+ * Mechanisms: CKM_RSA_PKCS over a DigestInfo built here, CKM_RSA_PKCS_PSS,
+ * CKM_ECDSA (r‖s turned into DER), CKM_EDDSA, CKM_RSA_PKCS_OAEP,
+ * CKM_RSA_PKCS (decrypt, where the keyring allows it), CKM_ECDH1_DERIVE and
+ * C_GenerateRandom. describe() offers only what the token's mechanism list and
+ * the key's own usage flags allow.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { ECDH1, Mechanism, RsaOAEP, RsaPSS, Template } from 'pkcs11js';
+import { ErrorCode, KmsError, badRequest, keyUnusable, notFound, unsupported } from '../errors.js';
+import type { KeyringConfig } from '../config.js';
+import { DIGESTS, type Algorithm, type DecryptRequest, type Digest, type KeySpec, type SignRequest } from '../types.js';
+import type { Backend, BackendKeyDescription, BackendKeySummary, Progress } from './backend.js';
+import * as C from './pkcs11/constants.js';
+import { CURVES, ED25519_PARAMS, curveParams, digestInfo, ecdsaSignatureToDer, type PkCurve } from './pkcs11/der.js';
+import { describeSelector, formatKeyId, parseKeyId } from './pkcs11/key-id.js';
+import {
+  attributes,
+  checkTokenOf,
+  className,
+  findObjects,
+  flag,
+  keyIdsFor,
+  kindName,
+  notFoundDetail,
+  number,
+  privateKeys,
+  publicKeyOf,
+  publicObjects,
+  readKey,
+  selectorTemplate,
+  serviceCurve,
+  type TokenKey,
+} from './pkcs11/objects.js';
+import { Token, ckrName, ckrOf, slotNumber, tokensSeen, trimmed, type PinSource, type Session, type TokenSeen } from './pkcs11/token.js';
+
+const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const DEFAULT_MAX_SESSIONS = 8;
+
+const HASH_MECH: Record<Digest, number> = { sha1: C.CKM_SHA_1, sha224: C.CKM_SHA224, sha256: C.CKM_SHA256, sha384: C.CKM_SHA384, sha512: C.CKM_SHA512 };
+const MGF1: Record<Digest, number> = { sha1: C.CKG_MGF1_SHA1, sha224: C.CKG_MGF1_SHA224, sha256: C.CKG_MGF1_SHA256, sha384: C.CKG_MGF1_SHA384, sha512: C.CKG_MGF1_SHA512 };
+
+/** Which mechanism each algorithm needs, and which usage flag of the key. */
+const ALGORITHM_NEEDS: Record<Algorithm, { mech: number; use: 'sign' | 'decrypt' | 'derive'; keyType: TokenKey['keyType'] }> = {
+  'rsa-pkcs1': { mech: C.CKM_RSA_PKCS, use: 'sign', keyType: 'rsa' },
+  'rsa-pss': { mech: C.CKM_RSA_PKCS_PSS, use: 'sign', keyType: 'rsa' },
+  'rsa-oaep': { mech: C.CKM_RSA_PKCS_OAEP, use: 'decrypt', keyType: 'rsa' },
+  'rsa-pkcs1-decrypt': { mech: C.CKM_RSA_PKCS, use: 'decrypt', keyType: 'rsa' },
+  ecdsa: { mech: C.CKM_ECDSA, use: 'sign', keyType: 'ec' },
+  ecdh: { mech: C.CKM_ECDH1_DERIVE, use: 'derive', keyType: 'ec' },
+  ed25519: { mech: C.CKM_EDDSA, use: 'sign', keyType: 'ed25519' },
+};
+
+const GENERATE: Record<KeySpec, { mech: number; keyType: number; rsaBits?: number; curve?: PkCurve }> = {
+  'rsa-2048': { mech: C.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: C.CKK_RSA, rsaBits: 2048 },
+  'rsa-3072': { mech: C.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: C.CKK_RSA, rsaBits: 3072 },
+  'rsa-4096': { mech: C.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: C.CKK_RSA, rsaBits: 4096 },
+  'ec-p256': { mech: C.CKM_EC_KEY_PAIR_GEN, keyType: C.CKK_EC, curve: 'P-256' },
+  'ec-p384': { mech: C.CKM_EC_KEY_PAIR_GEN, keyType: C.CKK_EC, curve: 'P-384' },
+  'ec-p521': { mech: C.CKM_EC_KEY_PAIR_GEN, keyType: C.CKK_EC, curve: 'P-521' },
+  ed25519: { mech: C.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: C.CKK_EC_EDWARDS, curve: 'Ed25519' },
+};
+
+// ---- configuration -------------------------------------------------------------
+
+interface Pkcs11Settings {
+  library: string;
+  tokenLabel?: string;
+  slot?: number;
+  maxSessions: number;
+  pin?: PinSource;
+}
+
+function settingsOf(cfg: KeyringConfig): Pkcs11Settings {
+  const t = cfg.settings;
+  const where = `[keyrings.${cfg.name}]`;
+  const bad = (what: string) => new KmsError(ErrorCode.BAD_REQUEST, `config ${where}: ${what}`);
+  const str = (key: string): string | undefined => {
+    const v = t[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v.length === 0) throw bad(`${key} must be a non-empty string`);
+    return v;
+  };
+  const int = (key: string, min: number, max: number): number | undefined => {
+    const raw = t[key];
+    if (raw === undefined) return undefined;
+    const v = typeof raw === 'bigint' ? Number(raw) : raw;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw bad(`${key} must be a whole number from ${min} to ${max}`);
+    return v;
+  };
+  const library = str('library');
+  if (!library) throw bad('library is missing: give the path of the PKCS#11 module, e.g. library = "/usr/lib/softhsm/libsofthsm2.so"');
+  const tokenLabel = str('token_label');
+  const slot = int('slot', 0, 0xffffffff);
+  if (tokenLabel !== undefined && slot !== undefined) throw bad('give token_label or slot, not both (token_label is preferred: it survives reconfiguration)');
+  if (tokenLabel === undefined && slot === undefined) throw bad('name the token: token_label = "<label>" (or slot = <n>)');
+  const maxSessions = int('max_sessions', 1, 1024) ?? DEFAULT_MAX_SESSIONS;
+
+  const pinEnv = str('pin_env');
+  const pinFile = str('pin_file');
+  const pinValue = t.pin;
+  const given = [pinEnv, pinFile, pinValue].filter((v) => v !== undefined).length;
+  if (given > 1) throw bad('give one of pin_env, pin_file and pin');
+  let pin: PinSource | undefined;
+  if (pinEnv !== undefined) pin = envPin(pinEnv, cfg.name);
+  else if (pinFile !== undefined) pin = filePin(pinFile, cfg.name);
+  else if (pinValue !== undefined) {
+    if (typeof pinValue !== 'string' || pinValue.length === 0) throw bad('pin must be a non-empty string');
+    process.stderr.write(
+      `kmsbridge: WARNING: keyring '${cfg.name}' has its PKCS#11 PIN written in the config file (pin = …): anyone who can read the config can use the token's keys. ` +
+        `Use pin_env or pin_file (mode 0600) outside development.\n`,
+    );
+    pin = { origin: `pin in ${where}`, rereadable: false, read: () => pinValue };
+  }
+  return { library, maxSessions, pin, ...(tokenLabel !== undefined ? { tokenLabel } : {}), ...(slot !== undefined ? { slot } : {}) };
+}
+
+function envPin(name: string, keyring: string): PinSource {
+  const origin = `environment variable ${name} (pin_env of [keyrings.${keyring}])`;
+  return {
+    origin,
+    rereadable: false,
+    read: () => {
+      const v = process.env[name];
+      if (v === undefined || v.length === 0) throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} is not set in the environment of the agent; set it where the agent starts`);
+      return v;
+    },
+  };
+}
+
+function filePin(file: string, keyring: string): PinSource {
+  const origin = `pin_file ${file}`;
+  return {
+    origin,
+    rereadable: true,
+    read: () => {
+      let st: fs.Stats;
+      try {
+        st = fs.statSync(file);
+      } catch {
+        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} of keyring '${keyring}' cannot be read; check the path`);
+      }
+      const uid = process.getuid?.() ?? 0;
+      if (st.uid !== uid && st.uid !== 0) {
+        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} belongs to uid ${st.uid}, not to this user (uid ${uid}) or root; chown it`);
+      }
+      if ((st.mode & 0o077) !== 0) {
+        const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} has mode ${mode}, readable by other users; run: chmod 600 ${file}`);
+      }
+      const text = fs.readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+      if (text.length === 0) throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} of keyring '${keyring}' is empty`);
+      return text;
+    },
+  };
+}
+
+// ---- doctor ------------------------------------------------------------------------
+
+export interface Pkcs11SlotReport {
+  slot: number;
+  description: string;
+  token?: TokenSeen & { flags: string[] };
+}
+
+export interface Pkcs11ObjectReport {
+  class: string;
+  label: string;
+  id: string;
+  /** `rsa-2048`, `ec P-256`… for keys. */
+  kind?: string;
+  /** `sensitive`, `never extractable`, `private`… */
+  access: string[];
+  /** The key-id kmsbridge uses for a private key. */
+  keyId?: string;
+}
+
+export interface Pkcs11Report {
+  library: string;
+  libraryInfo?: string;
+  slots: Pkcs11SlotReport[];
+  token?: string;
+  pinStatus?: string[];
+  mechanisms?: { name: string; offered: boolean }[];
+  sessions?: string;
+  objects?: Pkcs11ObjectReport[];
+  notes: string[];
+}
+
+function tokenFlags(f: number): string[] {
+  const names: [number, string][] = [
+    [C.CKF_LOGIN_REQUIRED, 'login required'],
+    [C.CKF_USER_PIN_INITIALIZED, 'PIN initialized'],
+    [C.CKF_TOKEN_INITIALIZED, 'token initialized'],
+    [C.CKF_USER_PIN_COUNT_LOW, 'user PIN count low'],
+    [C.CKF_USER_PIN_FINAL_TRY, 'user PIN final try'],
+    [C.CKF_USER_PIN_LOCKED, 'user PIN locked'],
+  ];
+  return names.filter(([bit]) => f & bit).map(([, n]) => n);
+}
+
+// ---- the backend ------------------------------------------------------------------
+
+interface CachedKey {
+  key: TokenKey;
+  /** The token generation it was found in: after a reset, handles are looked up again. */
+  gen: number;
+}
+
+export class Pkcs11Backend implements Backend {
+  readonly type = 'pkcs11';
+  readonly settings: Pkcs11Settings;
+  private readonly token: Token;
+  private readonly keys = new Map<string, CachedKey>();
+  private creating: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly cfg: KeyringConfig) {
+    this.settings = settingsOf(cfg);
+    this.token = new Token({ keyring: cfg.name, ...this.settings });
+  }
+
+  private ref(keyId: string): string {
+    return `kms:${this.cfg.name}/${keyId}`;
+  }
+
+  /** Runs on a session; pkcs11js errors become KmsErrors that say what to check. */
+  private async op<T>(what: string, signal: AbortSignal, fn: (s: Session) => T | Promise<T>, opts: { login?: boolean; keyId?: string } = {}): Promise<T> {
+    try {
+      return await this.token.run(signal, fn, {
+        ...(opts.login === false ? { login: false } : {}),
+        onStaleObject: () => (opts.keyId !== undefined ? this.keys.delete(opts.keyId) : this.keys.clear()),
+      });
+    } catch (err) {
+      throw this.explain(err, what);
+    }
+  }
+
+  private explain(err: unknown, what: string): KmsError {
+    if (err instanceof KmsError) return err;
+    const rv = ckrOf(err);
+    const name = ckrName(err);
+    const tok = this.token.name;
+    switch (rv) {
+      case undefined:
+        return new KmsError(ErrorCode.INTERNAL, `${what}: the PKCS#11 binding failed: ${name}`, { cause: err });
+      case C.CKR_MECHANISM_INVALID:
+      case C.CKR_MECHANISM_PARAM_INVALID:
+        return unsupported(`${what}: ${tok} does not support the mechanism or its parameters (${name}); kmsbridge doctor lists what it offers`);
+      case C.CKR_KEY_FUNCTION_NOT_PERMITTED:
+        return keyUnusable(`${what}: the key's attributes on ${tok} forbid this use (${name}: CKA_SIGN, CKA_DECRYPT or CKA_DERIVE is false)`);
+      case C.CKR_KEY_TYPE_INCONSISTENT:
+      case C.CKR_KEY_SIZE_RANGE:
+        return unsupported(`${what}: ${tok} cannot do this with this key (${name})`);
+      case C.CKR_ENCRYPTED_DATA_INVALID:
+      case C.CKR_ENCRYPTED_DATA_LEN_RANGE:
+        return badRequest(`${what}: decryption failed`);
+      case C.CKR_DATA_INVALID:
+      case C.CKR_DATA_LEN_RANGE:
+        return badRequest(`${what}: ${tok} rejected the input (${name})`);
+      case C.CKR_USER_NOT_LOGGED_IN:
+        return new KmsError(ErrorCode.ACCESS_DENIED, `${what}: ${tok} says the session is not logged in (${name}), even after logging in again`);
+      case C.CKR_TOKEN_NOT_PRESENT:
+      case C.CKR_DEVICE_REMOVED:
+      case C.CKR_SLOT_ID_INVALID:
+      case C.CKR_DEVICE_ERROR:
+      case C.CKR_TOKEN_NOT_RECOGNIZED:
+        return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} went away (${name}); check the HSM and its connection — kmsbridge finds it again at the next request`);
+      case C.CKR_SESSION_COUNT:
+        return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} has no session left (${name}); lower max_sessions in [keyrings.${this.cfg.name}] or close other applications' sessions`);
+      default:
+        return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} failed (${name})`, { cause: err });
+    }
+  }
+
+  /** The private key a key-id names: exactly one, or an error listing what is there. */
+  private key(s: Session, keyId: string): TokenKey {
+    const cached = this.keys.get(keyId);
+    if (cached && cached.gen === this.token.generation) return cached.key;
+    const sel = parseKeyId(keyId);
+    checkTokenOf(sel, this.settings.tokenLabel, keyId);
+    let found = findObjects(s, selectorTemplate(C.CKO_PRIVATE_KEY, sel));
+    if (found.length === 0) {
+      this.token.confirmLogin(s); // private objects are invisible, not an error, to a session that lost its login
+      found = findObjects(s, selectorTemplate(C.CKO_PRIVATE_KEY, sel));
+    }
+    if (found.length === 0) {
+      throw notFound(`key ${this.ref(keyId)} not found: no private key with ${describeSelector(sel)} on ${this.token.name}; ${notFoundDetail(s, sel)}`);
+    }
+    if (found.length > 1) {
+      const all = found.map((h) => readKey(s, h)).map((k) => (typeof k === 'string' ? k : `${formatKeyId(k)} (${kindName(k)})`));
+      throw badRequest(`key-id '${keyId}' matches ${found.length} private keys on ${this.token.name}: ${all.join(', ')}; give both id= and label= to pick one`);
+    }
+    const key = readKey(s, found[0]!);
+    if (typeof key === 'string') throw unsupported(`key ${this.ref(keyId)} is ${key}`);
+    this.keys.set(keyId, { key, gen: this.token.generation });
+    return key;
+  }
+
+  private need(s: Session, mech: number, what: string): void {
+    if (this.token.mechanismsOf(s).has(mech)) return;
+    throw unsupported(`${what}: ${this.token.name} does not offer ${C.MECHANISM_NAMES[mech] ?? `mechanism 0x${mech.toString(16)}`} (run kmsbridge doctor to see what it offers)`);
+  }
+
+  private allows(s: Session, k: TokenKey, alg: Algorithm): boolean {
+    const need = ALGORITHM_NEEDS[alg];
+    return need.keyType === k.keyType && k[need.use] && this.token.mechanismsOf(s).has(need.mech);
+  }
+
+  async describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription> {
+    return this.op(
+      `describe ${this.ref(keyId)}`,
+      signal,
+      (s) => {
+        const k = this.key(s, keyId);
+        const publicKey = publicKeyOf(s, k, this.ref(keyId));
+        const algorithms = (Object.keys(ALGORITHM_NEEDS) as Algorithm[]).filter((a) => this.allows(s, k, a));
+        const curve = serviceCurve(k);
+        return {
+          keyType: k.keyType,
+          bits: k.bits,
+          ...(curve ? { curve } : {}),
+          publicKey,
+          algorithms,
+          digests: k.keyType === 'ed25519' ? [] : [...DIGESTS],
+          pssSalt: 'any' as const,
+        };
+      },
+      { keyId },
+    );
+  }
+
+  /** The PIN again after Init, for keys that ask for it at every use. */
+  private authenticate(s: Session, k: TokenKey): void {
+    if (k.alwaysAuthenticate) this.token.contextLogin(s);
+  }
+
+  async sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer> {
+    const what = `sign with ${this.ref(keyId)}`;
+    return this.op(
+      what,
+      signal,
+      async (s) => {
+        const k = this.key(s, keyId);
+        const need = ALGORITHM_NEEDS[req.algorithm];
+        if (k.keyType !== need.keyType) throw unsupported(`${what}: key is ${kindName(k)}, it cannot do ${req.algorithm}`);
+        this.need(s, need.mech, what);
+        let mech: Mechanism;
+        let data = req.data;
+        let outLen: number;
+        switch (req.algorithm) {
+          case 'rsa-pkcs1':
+            mech = { mechanism: C.CKM_RSA_PKCS };
+            if (req.digest) data = digestInfo(req.digest, req.data);
+            outLen = k.modulus!.length;
+            break;
+          case 'rsa-pss': {
+            const digest = req.digest!;
+            const parameter: RsaPSS = { type: C.CK_PARAMS_RSA_PSS, hashAlg: HASH_MECH[digest], mgf: MGF1[req.mgf1Digest ?? digest], saltLen: req.saltLength! };
+            mech = { mechanism: C.CKM_RSA_PKCS_PSS, parameter };
+            outLen = k.modulus!.length;
+            break;
+          }
+          case 'ecdsa':
+            mech = { mechanism: C.CKM_ECDSA };
+            outLen = 2 * CURVES[k.curve!].size;
+            break;
+          case 'ed25519':
+            mech = { mechanism: C.CKM_EDDSA };
+            outLen = 64;
+            break;
+        }
+        s.lib.C_SignInit(s.handle, mech, k.handle);
+        s.opActive = true;
+        this.authenticate(s, k);
+        const out = Buffer.alloc(outLen + 16);
+        const sig = s.threadSafe ? await s.lib.C_SignAsync(s.handle, data, out) : s.lib.C_Sign(s.handle, data, out);
+        s.opActive = false;
+        return req.algorithm === 'ecdsa' ? ecdsaSignatureToDer(sig) : Buffer.from(sig);
+      },
+      { keyId },
+    );
+  }
+
+  async decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer> {
+    const what = `decrypt with ${this.ref(keyId)}`;
+    return this.op(
+      what,
+      signal,
+      async (s) => {
+        const k = this.key(s, keyId);
+        if (k.keyType !== 'rsa') throw unsupported(`${what}: key is ${kindName(k)}, it cannot decrypt`);
+        let mech: Mechanism;
+        if (req.algorithm === 'rsa-oaep') {
+          this.need(s, C.CKM_RSA_PKCS_OAEP, what);
+          const digest = req.digest ?? 'sha1';
+          const parameter: RsaOAEP = {
+            type: C.CK_PARAMS_RSA_OAEP,
+            hashAlg: HASH_MECH[digest],
+            mgf: MGF1[req.mgf1Digest ?? digest],
+            source: C.CKZ_DATA_SPECIFIED,
+            ...(req.label && req.label.length > 0 ? { sourceData: req.label } : {}),
+          };
+          mech = { mechanism: C.CKM_RSA_PKCS_OAEP, parameter };
+        } else {
+          this.need(s, C.CKM_RSA_PKCS, what);
+          mech = { mechanism: C.CKM_RSA_PKCS };
+        }
+        try {
+          s.lib.C_DecryptInit(s.handle, mech, k.handle);
+        } catch (err) {
+          const rv = ckrOf(err);
+          if (req.algorithm === 'rsa-oaep' && (rv === C.CKR_ARGUMENTS_BAD || rv === C.CKR_MECHANISM_PARAM_INVALID)) {
+            const digest = req.digest ?? 'sha1';
+            throw unsupported(
+              `${what}: ${this.token.name} refuses OAEP with ${digest}, MGF1-${req.mgf1Digest ?? digest}${req.label?.length ? ' and a label' : ''} (${ckrName(err)}); ` +
+                `some tokens (SoftHSM2) do OAEP only with SHA-1, MGF1-SHA-1 and no label`,
+            );
+          }
+          throw err;
+        }
+        s.opActive = true;
+        this.authenticate(s, k);
+        const out = Buffer.alloc(k.modulus!.length);
+        const plain = s.threadSafe ? await s.lib.C_DecryptAsync(s.handle, req.data, out) : s.lib.C_Decrypt(s.handle, req.data, out);
+        s.opActive = false;
+        return Buffer.from(plain);
+      },
+      { keyId },
+    );
+  }
+
+  async derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer> {
+    const what = `derive with ${this.ref(keyId)}`;
+    return this.op(
+      what,
+      signal,
+      async (s) => {
+        const k = this.key(s, keyId);
+        if (k.keyType !== 'ec') throw unsupported(`${what}: key is ${kindName(k)}; ECDH needs a P-256, P-384 or P-521 key`);
+        this.need(s, C.CKM_ECDH1_DERIVE, what);
+        const point = peerPoint(peerSpki, k.curve as Exclude<PkCurve, 'Ed25519'>);
+        const size = CURVES[k.curve!].size;
+        const template: Template = [
+          { type: C.CKA_CLASS, value: C.CKO_SECRET_KEY },
+          { type: C.CKA_KEY_TYPE, value: C.CKK_GENERIC_SECRET },
+          { type: C.CKA_TOKEN, value: false },
+          { type: C.CKA_SENSITIVE, value: false },
+          { type: C.CKA_EXTRACTABLE, value: true },
+          { type: C.CKA_VALUE_LEN, value: size },
+        ];
+        const parameter: ECDH1 = { type: C.CK_PARAMS_EC_DH, kdf: C.CKD_NULL, publicData: point };
+        const mech: Mechanism = { mechanism: C.CKM_ECDH1_DERIVE, parameter };
+        const secret = s.threadSafe ? await s.lib.C_DeriveKeyAsync(s.handle, mech, k.handle, template) : s.lib.C_DeriveKey(s.handle, mech, k.handle, template);
+        try {
+          const [v] = s.lib.C_GetAttributeValue(s.handle, secret, [{ type: C.CKA_VALUE }]);
+          if (!v?.value) throw new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${this.token.name} did not return the shared secret`);
+          return Buffer.from(v.value);
+        } finally {
+          s.lib.C_DestroyObject(s.handle, secret);
+        }
+      },
+      { keyId },
+    );
+  }
+
+  async random(length: number, signal: AbortSignal): Promise<Buffer> {
+    return this.op(`random from ${this.token.name}`, signal, (s) => Buffer.from(s.lib.C_GenerateRandom(s.handle, Buffer.alloc(length))));
+  }
+
+  async create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }> {
+    if (!KEY_NAME.test(name)) {
+      throw badRequest(`key name '${name}' is not valid for keyring '${this.cfg.name}': use letters, digits, '_', '.', '-' (at most 128); it becomes the key's CKA_LABEL`);
+    }
+    // One creation at a time per keyring, so "no key has this label yet" still holds when the pair is made.
+    const run = this.creating.then(() => this.doCreate(name, spec, signal, progress));
+    this.creating = run.catch(() => undefined);
+    return run;
+  }
+
+  private async doCreate(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }> {
+    const keyId = formatKeyId({ label: name });
+    const what = `create ${this.ref(keyId)}`;
+    return this.op(what, signal, async (s) => {
+      if (findObjects(s, selectorTemplate(C.CKO_PRIVATE_KEY, { label: name })).length > 0) {
+        throw new KmsError(ErrorCode.ALREADY_EXISTS, `a private key labelled '${name}' already exists on ${this.token.name} (${this.ref(keyId)}); pick another name or delete it first`);
+      }
+      const g = GENERATE[spec];
+      this.need(s, g.mech, what);
+      progress?.(`generating ${spec} key '${name}' on ${this.token.name}`);
+      const id = crypto.randomBytes(16);
+      const label = Buffer.from(name, 'utf8');
+      const common = (cls: number): Template => [
+        { type: C.CKA_CLASS, value: cls },
+        { type: C.CKA_KEY_TYPE, value: g.keyType },
+        { type: C.CKA_TOKEN, value: true },
+        { type: C.CKA_LABEL, value: label },
+        { type: C.CKA_ID, value: id },
+      ];
+      const isRsa = g.keyType === C.CKK_RSA;
+      const isEc = g.keyType === C.CKK_EC;
+      const priv: Template = [
+        ...common(C.CKO_PRIVATE_KEY),
+        { type: C.CKA_PRIVATE, value: true },
+        { type: C.CKA_SENSITIVE, value: true },
+        { type: C.CKA_EXTRACTABLE, value: false },
+        { type: C.CKA_SIGN, value: true },
+        ...(isRsa ? [{ type: C.CKA_DECRYPT, value: true }] : []),
+        ...(isEc ? [{ type: C.CKA_DERIVE, value: true }] : []),
+      ];
+      const pub = (params?: Buffer): Template => [
+        ...common(C.CKO_PUBLIC_KEY),
+        { type: C.CKA_PRIVATE, value: false },
+        { type: C.CKA_VERIFY, value: true },
+        ...(isRsa
+          ? [
+              { type: C.CKA_ENCRYPT, value: true },
+              { type: C.CKA_MODULUS_BITS, value: g.rsaBits! },
+              { type: C.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+            ]
+          : [{ type: C.CKA_EC_PARAMS, value: params! }]),
+      ];
+      const generate = (params?: Buffer) =>
+        s.threadSafe
+          ? s.lib.C_GenerateKeyPairAsync(s.handle, { mechanism: g.mech }, pub(params), priv)
+          : Promise.resolve(s.lib.C_GenerateKeyPair(s.handle, { mechanism: g.mech }, pub(params), priv));
+      if (isRsa) await generate();
+      else if (g.curve !== 'Ed25519') await generate(curveParams(g.curve!));
+      else {
+        // RFC 8410 OID first (SoftHSM2), then the PKCS#11 3.0 curve name.
+        try {
+          await generate(ED25519_PARAMS.oid);
+        } catch (err) {
+          const rv = ckrOf(err);
+          const paramsRefused = [C.CKR_ATTRIBUTE_VALUE_INVALID, C.CKR_CURVE_NOT_SUPPORTED, C.CKR_DOMAIN_PARAMS_INVALID, C.CKR_TEMPLATE_INCONSISTENT];
+          if (rv === undefined || !paramsRefused.includes(rv)) throw err;
+          await generate(ED25519_PARAMS.name);
+        }
+      }
+      this.keys.delete(keyId);
+      return { keyId };
+    });
+  }
+
+  async list(signal: AbortSignal): Promise<BackendKeySummary[]> {
+    return this.op(`list the keys of ${this.token.name}`, signal, (s) => {
+      const { keys } = privateKeys(s);
+      const ids = keyIdsFor(keys);
+      const out: BackendKeySummary[] = [];
+      for (const k of keys) {
+        const keyId = ids.get(k);
+        if (keyId === undefined) continue; // neither id nor label: nothing a URI can name
+        const curve = serviceCurve(k);
+        out.push({ keyId, keyType: k.keyType, bits: k.bits, ...(curve ? { curve } : {}) });
+      }
+      return out.sort((a, b) => a.keyId.localeCompare(b.keyId));
+    });
+  }
+
+  async delete(keyId: string, signal: AbortSignal): Promise<void> {
+    await this.op(
+      `delete ${this.ref(keyId)}`,
+      signal,
+      (s) => {
+        const k = this.key(s, keyId);
+        const pubs = publicObjects(s, k);
+        s.lib.C_DestroyObject(s.handle, k.handle);
+        this.keys.delete(keyId);
+        for (const p of pubs) s.lib.C_DestroyObject(s.handle, p);
+      },
+      { keyId },
+    );
+    this.keys.clear(); // other key-ids may have named the same key
+  }
+
+  async protectionSummary(): Promise<string> {
+    const pin = this.settings.pin ? `PIN from ${this.settings.pin.origin}` : 'no PIN configured';
+    return `PKCS#11 ${this.token.name} through ${this.settings.library} (keys stay on the token: created sensitive and non-extractable); ${pin}`;
+  }
+
+  async close(): Promise<void> {
+    this.keys.clear();
+    await this.token.close();
+  }
+
+  /**
+   * What `kmsbridge doctor` shows: the library, every slot and token, the
+   * keyring's token with its PIN state, mechanisms and objects. Logs in only
+   * when `login` is set and the token reports no failed login since the last
+   * success, so running doctor cannot walk a token toward lockout.
+   */
+  async doctor(signal: AbortSignal, opts: { login: boolean }): Promise<Pkcs11Report> {
+    const report: Pkcs11Report = { library: this.settings.library, slots: [], notes: [] };
+    let lib;
+    try {
+      lib = this.token.loadedLibrary();
+    } catch (err) {
+      report.notes.push(err instanceof Error ? err.message : String(err));
+      return report;
+    }
+    try {
+      const info = lib.lib.C_GetInfo();
+      report.libraryInfo = `${trimmed(info.libraryDescription)} ${info.libraryVersion.major}.${info.libraryVersion.minor} by ${trimmed(info.manufacturerID)}, Cryptoki ${info.cryptokiVersion.major}.${info.cryptokiVersion.minor}${lib.threadSafe ? '' : ' (initialized without OS locking: calls stay on one thread)'}`;
+      const seen = new Map(tokensSeen(lib.lib).map((t) => [t.slot, t]));
+      for (const slot of lib.lib.C_GetSlotList(false)) {
+        const si = lib.lib.C_GetSlotInfo(slot);
+        const n = slotNumber(slot);
+        const t = seen.get(n);
+        let flags: string[] = [];
+        if (t) flags = tokenFlags(lib.lib.C_GetTokenInfo(slot).flags);
+        report.slots.push({ slot: n, description: trimmed(si.slotDescription), ...(t ? { token: { ...t, flags } } : {}) });
+      }
+      if (report.slots.length === 0) report.notes.push('the library reports no slots');
+    } catch (err) {
+      report.notes.push(this.explain(err, 'reading the slots').message);
+      return report;
+    }
+
+    // Public view first: no PIN needed.
+    try {
+      await this.op(
+        'doctor',
+        signal,
+        (s) => {
+          report.token = `${this.token.name} in slot ${slotNumber(s.slot)}`;
+          report.pinStatus = this.token.pinStatus(s);
+          const mechs = this.token.mechanismsOf(s);
+          report.mechanisms = Object.entries(C.MECHANISM_NAMES).map(([m, name]) => ({ name, offered: mechs.has(Number(m)) }));
+          report.sessions = `up to ${this.token.sessionLimit} (max_sessions ${this.settings.maxSessions}, and the token's own limit)`;
+          report.objects = this.objectsReport(s);
+        },
+        { login: false },
+      );
+    } catch (err) {
+      report.notes.push((err as Error).message);
+      return report;
+    }
+
+    const risky = (report.pinStatus ?? []).some((p) => /locked|final try|count low/.test(p));
+    if (!opts.login) {
+      report.notes.push('not logged in (--no-login): private objects are not shown');
+    } else if (!this.settings.pin) {
+      report.notes.push('no PIN configured: private objects are not shown');
+    } else if (risky) {
+      report.notes.push(`not logged in: the token reports user PIN ${report.pinStatus!.join(', ')}; check ${this.settings.pin.origin} before anything tries it again`);
+    } else {
+      try {
+        await this.op('doctor (logged in)', signal, (s) => {
+          report.objects = this.objectsReport(s);
+        });
+      } catch (err) {
+        report.notes.push((err as Error).message);
+      }
+    }
+    return report;
+  }
+
+  private objectsReport(s: Session): Pkcs11ObjectReport[] {
+    const { keys } = privateKeys(s);
+    const keyIds = keyIdsFor(keys);
+    const byHandle = new Map(keys.map((k) => [k.handle.toString('hex'), k]));
+    const out: Pkcs11ObjectReport[] = [];
+    for (const h of findObjects(s, [])) {
+      const a = attributes(s, h, [C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID]);
+      const cls = number(a.get(C.CKA_CLASS));
+      const k = byHandle.get(h.toString('hex'));
+      const access: string[] = [];
+      if (cls === C.CKO_PRIVATE_KEY || cls === C.CKO_SECRET_KEY) {
+        const f = attributes(s, h, [C.CKA_SENSITIVE, C.CKA_EXTRACTABLE, C.CKA_ALWAYS_SENSITIVE, C.CKA_NEVER_EXTRACTABLE, C.CKA_PRIVATE]);
+        if (flag(f.get(C.CKA_SENSITIVE))) access.push('sensitive');
+        if (flag(f.get(C.CKA_ALWAYS_SENSITIVE))) access.push('always sensitive');
+        access.push(flag(f.get(C.CKA_EXTRACTABLE)) ? 'extractable' : 'non-extractable');
+        if (flag(f.get(C.CKA_NEVER_EXTRACTABLE))) access.push('never extractable');
+        if (flag(f.get(C.CKA_PRIVATE))) access.push('private');
+      }
+      const keyId = k ? keyIds.get(k) : undefined;
+      out.push({
+        class: className(cls),
+        label: (a.get(C.CKA_LABEL) ?? Buffer.alloc(0)).toString('utf8'),
+        id: (a.get(C.CKA_ID) ?? Buffer.alloc(0)).toString('hex'),
+        ...(k ? { kind: kindName(k) } : {}),
+        access,
+        ...(keyId ? { keyId } : {}),
+      });
+    }
+    return out;
+  }
+}
+
+/** The peer's EC point (uncompressed) from its SPKI, after checking it is on the key's curve. */
+function peerPoint(spki: Buffer, curve: Exclude<PkCurve, 'Ed25519'>): Buffer {
+  let peer: crypto.KeyObject;
+  try {
+    peer = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  } catch {
+    throw badRequest('peer public key is not a valid SubjectPublicKeyInfo');
+  }
+  const jwk = peer.export({ format: 'jwk' });
+  if (peer.asymmetricKeyType !== 'ec' || jwk.crv !== curve || !jwk.x || !jwk.y) {
+    throw unsupported(`peer public key (${peer.asymmetricKeyType}${jwk.crv ? ' ' + jwk.crv : ''}) is not on the key's curve ${curve}`);
+  }
+  const size = CURVES[curve].size;
+  const coord = (b64: string) => {
+    const v = Buffer.from(b64, 'base64url');
+    return Buffer.concat([Buffer.alloc(size - v.length), v]);
+  };
+  return Buffer.concat([Buffer.from([4]), coord(jwk.x), coord(jwk.y)]);
+}
