@@ -5,7 +5,7 @@
 // build or test failure much later.
 //
 //   node scripts/system-deps.mjs --for build   # native build: compiler, make, OpenSSL headers
-//   node scripts/system-deps.mjs --for test    # test peers: openssl, ssh-keygen, curl, nginx
+//   node scripts/system-deps.mjs --for test    # test peers: openssl, ssh-keygen, curl, nginx, SoftHSM2 and pkcs11-tool
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 
@@ -22,6 +22,8 @@ const NEEDS = {
     { pkg: 'openssh-client', check: () => hasCommand('ssh-keygen') },
     { pkg: 'curl', check: () => hasCommand('curl') },
     { pkg: 'nginx-light', check: () => hasCommand('nginx') || fs.existsSync('/usr/sbin/nginx') },
+    { pkg: 'softhsm2', check: () => hasCommand('softhsm2-util') && fs.existsSync('/usr/lib/softhsm/libsofthsm2.so') },
+    { pkg: 'opensc', check: () => hasCommand('pkcs11-tool') },
   ],
 };
 
