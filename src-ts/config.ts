@@ -20,6 +20,8 @@ export interface KeyringConfig {
   /** Peers besides the agent's own uid that may use this keyring. */
   allowUids: number[];
   allowGids: number[];
+  /** Delay added before every backend call: simulates a remote key manager for benchmarks and tests. */
+  injectLatencyMs: number;
   /** The keyring's table as written, for the backend's own settings. */
   settings: Record<string, unknown>;
 }
@@ -102,6 +104,7 @@ function keyring(name: string, raw: unknown, source: string): KeyringConfig {
     allowPkcs1Decrypt: bool(t, 'allow_pkcs1_decrypt', source, where, false),
     allowUids: ids(t, 'allow_uids', source, where),
     allowGids: ids(t, 'allow_gids', source, where),
+    injectLatencyMs: int(t, 'inject_latency_ms', source, where, 0, 0, 600_000),
     settings: t,
   };
 }
@@ -115,6 +118,7 @@ export function defaultLocalKeyring(): KeyringConfig {
     allowPkcs1Decrypt: false,
     allowUids: [],
     allowGids: [],
+    injectLatencyMs: 0,
     settings: { type: 'local', path: defaultLocalStore() },
   };
 }

@@ -59,11 +59,13 @@ class WorkerHost {
   private nextId = 1;
   private readonly pending = new Map<number, (m: WorkerMessage) => void>();
   private closing = false;
+  private generation = 0;
 
-  constructor(private readonly init: WorkerInit) {}
+  constructor(private readonly init: Omit<WorkerInit, 'generation'>) {}
 
   async start(): Promise<void> {
-    const worker = new Worker(WORKER_SCRIPT, { workerData: this.init });
+    this.generation++;
+    const worker = new Worker(WORKER_SCRIPT, { workerData: { ...this.init, generation: this.generation } satisfies WorkerInit });
     let onMessage!: (m: WorkerMessage) => void, onError!: (e: Error) => void, onExit!: (code: number) => void;
     const ready = await new Promise<WorkerMessage>((resolve, reject) => {
       onMessage = resolve;
@@ -184,11 +186,13 @@ export async function load(options: LoadOptions = {}): Promise<KmsBridge> {
     },
     privateKey(uri) {
       live();
+      const pem = keyRefPem(uri);
       try {
-        return crypto.createPrivateKey(keyRefPem(uri));
+        return crypto.createPrivateKey(pem);
       } catch (err) {
-        // OpenSSL's decoder error hides the KeyService's reason; ask for it plainly.
-        throw new KmsError(ErrorCode.NOT_FOUND, `cannot load ${uri}: ${(err as Error).message}; kb.describe('${uri}') tells why`);
+        // Node shows only OpenSSL's reason string; the KeyService's own message says what is wrong.
+        const why = addon.lastError().replace(/^kmsbridge: /, '') || (err as Error).message;
+        throw new KmsError(ErrorCode.NOT_FOUND, `cannot load ${uri}: ${why}`);
       }
     },
     describe(uri) {

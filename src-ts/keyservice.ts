@@ -98,8 +98,10 @@ export class KeyService {
         ctl.abort();
       }, ms);
     });
+    const latency = kr.config.injectLatencyMs;
+    const work = latency > 0 ? sleep(latency, ctl.signal).then(() => fn(ctl.signal)) : fn(ctl.signal);
     try {
-      return await Promise.race([fn(ctl.signal), timeout]);
+      return await Promise.race([work, timeout]);
     } catch (err) {
       throw asKmsError(err);
     } finally {
@@ -199,6 +201,13 @@ export class KeyService {
     this.keyrings.clear();
     await Promise.allSettled(all.map((kr) => kr.backend.close()));
   }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(t), reject(new Error('aborted'))), { once: true });
+  });
 }
 
 // ---- policy ------------------------------------------------------------------

@@ -26,6 +26,8 @@ export interface NativeAddon {
   /** Which channel the in-process provider uses. */
   useChannel(kind: 'bridge' | 'none', timeoutMs?: number): void;
   useChannel(kind: 'agent', timeoutMs: number, socketPath: string): void;
+  /** The KeyService's message for the last kmsbridge error raised on this thread. */
+  lastError(): string;
 }
 export interface BridgeHandle {
   readonly __brand: 'BridgeHandle';

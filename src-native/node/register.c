@@ -13,6 +13,7 @@
 
 #include "addon.h"
 #include "channel.h"
+#include "errors.h"
 
 OSSL_provider_init_fn kb_provider_init; /* provider/provider.c */
 
@@ -89,12 +90,22 @@ static napi_value use_channel(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+/* lastError() -> the KeyService's message for the last kmsbridge error on this thread. */
+static napi_value last_error(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    napi_value v;
+    napi_create_string_utf8(env, kb_last_error_message(), NAPI_AUTO_LENGTH, &v);
+    return v;
+}
+
 napi_status register_register(napi_env env, napi_value exports)
 {
     pthread_once(&once, register_once);
     const napi_property_descriptor props[] = {
         {"registration", NULL, registration, NULL, NULL, NULL, napi_default, NULL},
         {"useChannel", NULL, use_channel, NULL, NULL, NULL, napi_default, NULL},
+        {"lastError", NULL, last_error, NULL, NULL, NULL, napi_default, NULL},
     };
     return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

@@ -73,14 +73,26 @@ static void raise_v(const struct kb_prov *prov, const char *file, int line,
     (void)func;
 }
 
+/*
+ * The last message raised on this thread. Applications such as Node show only
+ * an error's reason string, not its data; the Node addon reads this to say
+ * what the KeyService said.
+ */
+static _Thread_local char last_message[600];
+
+const char *kb_last_error_message(void)
+{
+    return last_message;
+}
+
 void kb_raise_at(const struct kb_prov *prov, const char *file, int line,
                  const char *func, int reason, const char *fmt, ...)
 {
-    char msg[600];
+    char *msg = last_message;
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(msg, sizeof(last_message), fmt, ap);
     va_end(ap);
     KB_LOG("error %d: %s", reason, msg);
     if (prov == NULL || core_new_error == NULL || core_vset_error == NULL)

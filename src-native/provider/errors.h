@@ -47,6 +47,9 @@ void kb_raise_at(const struct kb_prov *prov, const char *file, int line,
     __attribute__((format(printf, 6, 7)));
 
 /* Raises |reason| with a printf message, prefixed "kmsbridge: ". */
+/* The text of the last error raised on the calling thread ("" if none). */
+const char *kb_last_error_message(void);
+
 #define kb_raise(prov, reason, ...)                                            \
     kb_raise_at((prov), __FILE__, __LINE__, __func__, (reason), __VA_ARGS__)
 

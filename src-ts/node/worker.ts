@@ -10,11 +10,13 @@ import { Dispatcher, errorReply } from '../dispatch.js';
 import { asKmsError, ErrorCode, KmsError } from '../errors.js';
 import { KeyService } from '../keyservice.js';
 import { native, type BridgeHandle } from '../native.js';
-import { MsgType, REPLY_BIT, decodeFrame, encodeFrame } from '../wire/codec.js';
+import { MsgType, REPLY_BIT, decodeFrame, encodeFrame, typeName } from '../wire/codec.js';
 import { describeToFields } from '../wire/fields.js';
 
 export interface WorkerInit {
   config?: string;
+  /** 1 for the first worker of the process, then 2, 3… after restarts. */
+  generation: number;
 }
 
 /** Messages from the host: describe a key (for kb.describe) or stop. */
@@ -44,10 +46,15 @@ async function main(): Promise<void> {
   const dispatcher = new Dispatcher(ks, { ownUid: uid, ...(audit ? { audit: audit.sink } : {}) });
   const addon = native();
 
+  // Fault injection for the test suite only: the first worker of a process ends
+  // itself on its first request of the named type, as a crash mid-handshake would.
+  const crashOn = init.generation === 1 ? process.env.KMSBRIDGE_FAULT_WORKER_EXIT_ON : undefined;
+
   addon.bridgeBind((frame: Buffer, handle: BridgeHandle) => {
     let reply: Buffer;
     try {
       const req = decodeFrame(frame);
+      if (crashOn && typeName(req.type) === crashOn) process.exit(70);
       void dispatcher.handle(req, peer).then((r) => addon.bridgeComplete(handle, encodeFrame(r)));
       return;
     } catch (err) {

@@ -36,6 +36,7 @@ export function sandbox(t, { keyrings = { local: { type: 'local' } }, agent = {}
     XDG_RUNTIME_DIR: path.join(dir, 'xdg-run'),
   };
   delete env.KMSBRIDGE_LOCAL_PASSPHRASE;
+  delete env.NODE_OPTIONS; // tap's loader hooks are for the test file, not for the programs it runs
   return { dir, socket, config, env, file: (name) => path.join(dir, name) };
 }
 
