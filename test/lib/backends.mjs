@@ -14,6 +14,7 @@
 //   publicKeyPem(t, box, fx, uri, file) writes the key's public half to `file` (PEM) by an independent tool
 //   limits:    { pssSaltDigestOnly?, digestsBySpec?, maxEd25519Message?, sha1? } what the backend refuses by design
 import { cliOk } from './env.mjs';
+import { SOFTHSM_LIB, makeToken, readPublicKeyPem } from './softhsm.mjs';
 
 export const FIXTURES = {
   local: {
@@ -29,6 +30,28 @@ export const FIXTURES = {
       cliOk(t, box, ['keys', 'export', uri, '--format', 'pem', '-o', file], { env: fx.env });
     },
     limits: {},
+  },
+  pkcs11: {
+    name: 'pkcs11',
+    specs: ['rsa-2048', 'rsa-3072', 'ec-p256', 'ec-p384', 'ec-p521', 'ed25519'],
+    // A fresh SoftHSM2 token; kmsbridge creates the keys on it, pkcs11-tool reads their public halves.
+    async prepare(t) {
+      const token = makeToken(t, { label: 'kmsbridge-xb' });
+      return {
+        keyrings: { hsm: { type: 'pkcs11', library: SOFTHSM_LIB, token_label: token.label, pin_env: 'KMSBRIDGE_TEST_HSM_PIN', max_sessions: 4 } },
+        env: { ...token.env, KMSBRIDGE_TEST_HSM_PIN: token.pin },
+        keyring: 'hsm',
+        token,
+      };
+    },
+    async createKey(t, box, fx, name, spec) {
+      return cliOk(t, box, ['keys', 'create', name, '--keyring', fx.keyring, '--type', spec], { env: fx.env }).trim();
+    },
+    async publicKeyPem(t, box, fx, uri, file) {
+      readPublicKeyPem(t, fx.token, uri, file);
+    },
+    // SoftHSM2 does OAEP only with SHA-1 (MGF1-SHA-1, no label).
+    limits: { oaepDigest: 'sha1' },
   },
 };
 
