@@ -58,7 +58,9 @@ export class Dispatcher {
   async handle(req: Frame, peer: Peer): Promise<Frame> {
     const started = process.hrtime.bigint();
     const f = new Fields(req.fields);
-    const uri = f.string(Tag.URI);
+    // A CREATE names its key by keyring and name: audit it under the URI it will have.
+    const created = req.type === MsgType.CREATE ? f.string(Tag.NAME) : undefined;
+    const uri = f.string(Tag.URI) ?? (created !== undefined ? `kms:${f.string(Tag.KEYRING) ?? ''}/${created}` : undefined);
     let outcome = 'ok';
     try {
       const fields = await this.run(req.type, f, peer);

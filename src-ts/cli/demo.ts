@@ -16,13 +16,15 @@ import { ErrorCode, KmsError } from '../errors.js';
 import { exportPublicKey } from '../public-key.js';
 import { MsgType, Tag } from '../wire/codec.js';
 import { fieldsToDescribe } from '../wire/fields.js';
+import { keyRefPem } from '../keyref.js';
+import { providerModule, renderConf } from './conf.js';
 
 function step(n: number, text: string): void {
   process.stdout.write(`\n[${n}] ${text}\n`);
 }
 
-function openssl(args: string[], cwd: string): string {
-  const r = spawnSync('openssl', args, { cwd, encoding: 'utf8', timeout: 30_000 });
+function openssl(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): string {
+  const r = spawnSync('openssl', args, { cwd, env, encoding: 'utf8', timeout: 30_000 });
   if (r.error) throw new KmsError(ErrorCode.INTERNAL, `cannot run openssl (${r.error.message}); install it: apt-get install openssl`);
   if (r.status !== 0) throw new KmsError(ErrorCode.INTERNAL, `openssl ${args[0]} failed: ${(r.stderr || r.stdout).trim()}`);
   process.stdout.write(`    $ openssl ${args.join(' ')}\n      ${(r.stdout + r.stderr).trim().replace(/\n/g, '\n      ')}\n`);
@@ -37,6 +39,71 @@ async function waitForSocket(socket: string, child: ReturnType<typeof spawn>, lo
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new KmsError(ErrorCode.TIMEOUT, `the demo agent did not listen on ${socket} within 15 s: ${log().trim()}`);
+}
+
+/**
+ * The provider's part: a self-signed certificate made by `openssl req` with
+ * the kms key (openssl.cnf alone loads the provider), served by `openssl
+ * s_server` from a key-reference PEM, and a plain openssl client that
+ * verifies the certificate during a TLS 1.3 handshake.
+ */
+async function tlsSteps(n: number, work: string, socket: string): Promise<number> {
+  const conf = path.join(work, 'openssl.cnf');
+  fs.writeFileSync(conf, renderConf('openssl', socket, 30_000));
+  const env = { ...process.env, OPENSSL_CONF: conf, KMSBRIDGE_AGENT_SOCK: socket };
+  step(n++, `writing an openssl.cnf that loads the kmsbridge provider (kmsbridge conf): ${path.basename(conf)}`);
+  process.stdout.write(`    module ${providerModule()}\n`);
+
+  step(n++, 'making a self-signed certificate for kms:local/web-ec with openssl req (the CSR is signed through the provider)');
+  openssl(['req', '-new', '-x509', '-key', 'kms:local/web-ec', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', 'web-ec.crt'], work, env);
+  openssl(['x509', '-in', 'web-ec.crt', '-noout', '-subject', '-fingerprint', '-sha256'], work);
+  openssl(['verify', '-CAfile', 'web-ec.crt', 'web-ec.crt'], work);
+
+  step(n++, 'serving TLS with openssl s_server; its -key is a key-reference PEM (kmsbridge keyref), not a private key');
+  fs.writeFileSync(path.join(work, 'web-ec.ref.pem'), keyRefPem('kms:local/web-ec'));
+  process.stdout.write(fs.readFileSync(path.join(work, 'web-ec.ref.pem'), 'utf8').trimEnd().replace(/^/gm, '      ') + '\n');
+  const server = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-naccept', '1', '-cert', 'web-ec.crt', '-key', 'web-ec.ref.pem', '-www'], {
+    cwd: work,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new KmsError(ErrorCode.TIMEOUT, `openssl s_server did not start within 15 s: ${out}`)), 15_000);
+      const onData = (d: Buffer) => {
+        out += d.toString();
+        const m = /ACCEPT .*:(\d+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      };
+      server.stdout!.on('data', onData);
+      server.stderr!.on('data', onData);
+      server.once('exit', () => {
+        clearTimeout(timer);
+        reject(new KmsError(ErrorCode.INTERNAL, `openssl s_server exited: ${out.trim()}`));
+      });
+    });
+    process.stdout.write(`    s_server listening on 127.0.0.1:${port}\n`);
+
+    step(n++, 'connecting with a plain openssl client (no kmsbridge) that verifies the certificate in a TLS 1.3 handshake');
+    const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-tls1_3', '-CAfile', 'web-ec.crt', '-verify_return_error', '-verify_hostname', 'localhost', '-brief'], {
+      cwd: work,
+      input: 'GET / HTTP/1.0\r\n\r\n',
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    const summary = (r.stderr + r.stdout).split('\n').filter((l) => /Protocol|Ciphersuite|Peer certificate|Signature type|Verification|Hash used/.test(l));
+    for (const line of summary) process.stdout.write(`      ${line.trim()}\n`);
+    if (r.status !== 0 || !/Verification: OK/.test(r.stderr + r.stdout)) {
+      throw new KmsError(ErrorCode.INTERNAL, `the TLS handshake did not verify: ${(r.stderr + r.stdout).trim().split('\n').slice(-3).join(' / ')}`);
+    }
+  } finally {
+    server.kill();
+  }
+  return n;
 }
 
 export async function runDemo(): Promise<void> {
@@ -93,10 +160,11 @@ export async function runDemo(): Promise<void> {
       const pss = c.spec.startsWith('rsa') ? ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32'] : [];
       openssl(['dgst', '-sha256', '-verify', path.basename(pub), ...pss, '-signature', `${c.name}.sig`, 'message.txt'], work);
     }
+    n = await tlsSteps(n, work, socket);
     step(n++, 'the audit log records every private-key operation');
     await new Promise((r) => setTimeout(r, 50));
     for (const line of fs.readFileSync(path.join(work, 'audit.log'), 'utf8').trim().split('\n')) process.stdout.write(`    ${line}\n`);
-    process.stdout.write('\ndemo complete: every signature was verified by openssl; no private key left the agent\n');
+    process.stdout.write('\ndemo complete: openssl verified every signature and the certificate; no private key left the agent\n');
   } finally {
     client?.close();
     agent.kill('SIGTERM');
