@@ -8,6 +8,7 @@ export type BackendFactory = (cfg: KeyringConfig) => Backend;
 /** One entry per backend type; the PKCS#11 and AWS backends join here. */
 export const BACKENDS: Record<string, BackendFactory> = {
   local: (cfg) => new LocalBackend(cfg),
+  aws: (cfg) => new (require('./aws.js') as typeof import('./aws.js')).AwsBackend(cfg), // loaded on first use: the AWS SDK is heavy
   pkcs11: (cfg) => new (require('./pkcs11.js') as typeof import('./pkcs11.js')).Pkcs11Backend(cfg), // loads the PKCS#11 binding on first use
 };
 
