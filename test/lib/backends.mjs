@@ -12,9 +12,14 @@
 //              sets up the key manager itself (token, test server) for one test file
 //   createKey(t, box, fx, name, spec) -> uri
 //   publicKeyPem(t, box, fx, uri, file) writes the key's public half to `file` (PEM) by an independent tool
-//   limits:    { pssSaltDigestOnly?, digestsBySpec?, maxEd25519Message?, sha1? } what the backend refuses by design
+//   limits:    { pssSaltDigestOnly?, digestsBySpec?, maxEd25519Message?, sha1?, noEcdh?, keyringFor? } what the backend refuses by design;
+//              keyringFor: { decrypt?, ecdh? } names a keyring whose new keys are made for that use, where the
+//              backend fixes a key's usage when it is created (AWS KMS: SIGN_VERIFY, ENCRYPT_DECRYPT, KEY_AGREEMENT)
+import fs from 'node:fs';
+import { GetPublicKeyCommand } from '@aws-sdk/client-kms';
 import { cliOk } from './env.mjs';
 import { SOFTHSM_LIB, makeToken, readPublicKeyPem } from './softhsm.mjs';
+import { awsEnv, sdkClient, spkiPem, startTestKms } from '../aws-kms-server/index.mjs';
 
 export const FIXTURES = {
   local: {
@@ -52,6 +57,42 @@ export const FIXTURES = {
     },
     // SoftHSM2 does OAEP only with SHA-1 (MGF1-SHA-1, no label).
     limits: { oaepDigest: 'sha1' },
+  },
+  aws: {
+    name: 'aws',
+    specs: ['rsa-2048', 'rsa-3072', 'ec-p256', 'ec-p384', 'ec-p521', 'ed25519'],
+    // The AWS KMS test double (test/aws-kms-server/), reached with fake credentials; one keyring per key usage.
+    async prepare(t) {
+      const server = await startTestKms(t);
+      const base = { type: 'aws', region: server.region, endpoint: server.url, timeout_ms: 20000 };
+      return {
+        keyrings: { aws: base, 'aws-dec': { ...base, key_usage: 'ENCRYPT_DECRYPT' }, 'aws-ecdh': { ...base, key_usage: 'KEY_AGREEMENT' } },
+        env: awsEnv(),
+        keyring: 'aws',
+        server,
+      };
+    },
+    async createKey(t, box, fx, name, spec) {
+      return cliOk(t, box, ['keys', 'create', name, '--keyring', fx.keyring, '--type', spec], { env: fx.env }).trim();
+    },
+    // GetPublicKey straight from the key manager with the AWS SDK, not through kmsbridge.
+    async publicKeyPem(t, box, fx, uri, file) {
+      const keyId = uri.slice(uri.indexOf('/') + 1);
+      const client = sdkClient(fx.server);
+      try {
+        const r = await client.send(new GetPublicKeyCommand({ KeyId: keyId }));
+        fs.writeFileSync(file, spkiPem(r.PublicKey));
+      } finally {
+        client.destroy();
+      }
+    },
+    limits: {
+      pssSaltDigestOnly: true,
+      digestsBySpec: { 'ec-p256': ['sha256'], 'ec-p384': ['sha384'], 'ec-p521': ['sha512'] },
+      maxEd25519Message: 4096,
+      sha1: false,
+      keyringFor: { decrypt: 'aws-dec', ecdh: 'aws-ecdh' },
+    },
   },
 };
 
