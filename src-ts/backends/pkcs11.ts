@@ -698,7 +698,9 @@ export class Pkcs11Backend implements Backend {
         ...(keyId ? { keyId } : {}),
       });
     }
-    return out;
+    const order = ['private key', 'public key', 'certificate'];
+    const rank = (c: string) => (order.includes(c) ? order.indexOf(c) : order.length);
+    return out.sort((a, b) => rank(a.class) - rank(b.class) || a.label.localeCompare(b.label) || a.id.localeCompare(b.id));
   }
 }
 

@@ -4,6 +4,7 @@ import { KmsError } from '../errors.js';
 import { agentCommand } from './agent.js';
 import { keysCommand } from './keys.js';
 import { demoCommand } from './demo.js';
+import { doctorCommand } from './doctor.js';
 import { devKmsCommand } from './dev-kms.js';
 import { confCommands } from './conf.js';
 
@@ -27,6 +28,7 @@ function program(): Command {
   p.addCommand(agentCommand());
   p.addCommand(keysCommand());
   p.addCommand(demoCommand());
+  p.addCommand(doctorCommand());
   p.addCommand(devKmsCommand());
   for (const c of confCommands()) p.addCommand(c);
   for (const c of p.commands) {

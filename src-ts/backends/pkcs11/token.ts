@@ -213,6 +213,7 @@ export function slotNumber(slot: Buffer): number {
 
 export interface TokenSeen {
   slot: number;
+  initialized: boolean;
   label: string;
   serial: string;
   model: string;
@@ -225,7 +226,7 @@ export function tokensSeen(lib: PKCS11): TokenSeen[] {
   for (const slot of lib.C_GetSlotList(true)) {
     try {
       const ti = lib.C_GetTokenInfo(slot);
-      out.push({ slot: slotNumber(slot), label: trimmed(ti.label), serial: trimmed(ti.serialNumber), model: trimmed(ti.model), manufacturer: trimmed(ti.manufacturerID) });
+      out.push({ slot: slotNumber(slot), initialized: (ti.flags & C.CKF_TOKEN_INITIALIZED) !== 0, label: trimmed(ti.label), serial: trimmed(ti.serialNumber), model: trimmed(ti.model), manufacturer: trimmed(ti.manufacturerID) });
     } catch {
       /* a slot that cannot be read is not a candidate */
     }
@@ -235,7 +236,9 @@ export function tokensSeen(lib: PKCS11): TokenSeen[] {
 
 export function listTokens(seen: TokenSeen[]): string {
   if (seen.length === 0) return 'none (no slot has a token; for SoftHSM2 create one with softhsm2-util --init-token)';
-  return seen.map((t) => `'${t.label}' (slot ${t.slot}, serial ${t.serial || '-'}, ${t.model || 'token'})`).join(', ');
+  return seen
+    .map((t) => (t.initialized ? `'${t.label}' (slot ${t.slot}, serial ${t.serial || '-'}, ${t.model || 'token'})` : `an uninitialized token (slot ${t.slot})`))
+    .join(', ');
 }
 
 // ---- the token ----------------------------------------------------------------
