@@ -34,10 +34,18 @@ if (why) {
     t.match(r.stderr, /kmsbridge:.*sha1/i);
   });
 
-  t.test('the private key cannot be exported, the public key can', async (t) => {
-    const priv = openssl(ctx, ['pkey', ...FLAGS, '-in', 'kms:local/web']);
-    t.not(priv.status, 0);
-    t.match(priv.stderr, /private key export refused.*stays in the key manager/);
+  t.test('the private key cannot be exported: text dumps and traditional PEM are refused, -out writes only the reference', async (t) => {
+    const text = openssl(ctx, ['pkey', ...FLAGS, '-in', 'kms:local/web', '-text', '-noout']);
+    t.not(text.status, 0);
+    t.match(text.stderr, /private key export refused.*stays in the key manager/);
+    const trad = openssl(ctx, ['pkey', ...FLAGS, '-in', 'kms:local/rsa', '-traditional']);
+    t.not(trad.status, 0);
+    t.match(trad.stderr, /private key export refused/);
+    t.notMatch(trad.stdout, /BEGIN/);
+    const ref = openssl(ctx, ['pkey', ...FLAGS, '-in', 'kms:local/web']);
+    t.equal(ref.status, 0, ref.stderr);
+    t.match(ref.stdout, /^kmsbridge key reference: kms:local\/web\n[^]*-----BEGIN KMSBRIDGE KEY URI-----/);
+    t.notMatch(ref.stdout, /PRIVATE KEY/);
     const pub = openssl(ctx, ['pkey', ...FLAGS, '-in', 'kms:local/web', '-pubout']);
     t.equal(pub.status, 0, pub.stderr);
     t.equal(pub.stdout, fs.readFileSync(f('web.pub.pem'), 'utf8'));

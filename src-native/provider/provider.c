@@ -26,6 +26,9 @@
 #define KB_ALG_ED25519 "ED25519:1.3.101.112"
 #define KB_DER_DECODER_PROPS                                                   \
     KB_PROPS ",input=der,structure=" KB_KEYREF_STRUCTURE
+/* The structure OpenSSL asks of a private key it writes (PEM_write_*). */
+#define KB_PEM_ENCODER_PROPS KB_PROPS ",output=pem,structure=PrivateKeyInfo"
+#define KB_DER_ENCODER_PROPS KB_PROPS ",output=der,structure=PrivateKeyInfo"
 
 static OSSL_FUNC_provider_teardown_fn kb_teardown;
 static OSSL_FUNC_provider_gettable_params_fn kb_gettable_params;
@@ -79,6 +82,23 @@ static const OSSL_ALGORITHM kb_decoder[] = {
     {NULL, NULL, NULL, NULL},
 };
 
+/* Writing a private key of ours writes its key reference (encoder.c). */
+static const OSSL_ALGORITHM kb_encoder[] = {
+    {KB_ALG_RSA, KB_PEM_ENCODER_PROPS, kb_pem_encoder_functions,
+     "kmsbridge RSA key to key-reference PEM"},
+    {KB_ALG_EC, KB_PEM_ENCODER_PROPS, kb_pem_encoder_functions,
+     "kmsbridge EC key to key-reference PEM"},
+    {KB_ALG_ED25519, KB_PEM_ENCODER_PROPS, kb_pem_encoder_functions,
+     "kmsbridge Ed25519 key to key-reference PEM"},
+    {KB_ALG_RSA, KB_DER_ENCODER_PROPS, kb_der_encoder_functions,
+     "kmsbridge RSA key to key-reference DER"},
+    {KB_ALG_EC, KB_DER_ENCODER_PROPS, kb_der_encoder_functions,
+     "kmsbridge EC key to key-reference DER"},
+    {KB_ALG_ED25519, KB_DER_ENCODER_PROPS, kb_der_encoder_functions,
+     "kmsbridge Ed25519 key to key-reference DER"},
+    {NULL, NULL, NULL, NULL},
+};
+
 static const OSSL_ALGORITHM kb_rand[] = {
     {"KMSBRIDGE", KB_PROPS, kb_rand_functions,
      "random bytes from the key manager"},
@@ -104,6 +124,8 @@ static const OSSL_ALGORITHM *kb_query_operation(void *provctx, int operation_id,
         return kb_store;
     case OSSL_OP_DECODER:
         return kb_decoder;
+    case OSSL_OP_ENCODER:
+        return kb_encoder;
     case OSSL_OP_RAND:
         return prov->enable_rand ? kb_rand : NULL;
     default:

@@ -98,6 +98,8 @@ extern const OSSL_DISPATCH kb_pem_decoder_functions[];
 extern const OSSL_DISPATCH kb_rsa_der_decoder_functions[];
 extern const OSSL_DISPATCH kb_ec_der_decoder_functions[];
 extern const OSSL_DISPATCH kb_ed25519_der_decoder_functions[];
+extern const OSSL_DISPATCH kb_pem_encoder_functions[];
+extern const OSSL_DISPATCH kb_der_encoder_functions[];
 extern const OSSL_DISPATCH kb_rand_functions[];
 
 #endif
