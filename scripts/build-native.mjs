@@ -30,6 +30,7 @@ const gypArgs = nodedir ? [`--nodedir=${nodedir}`] : [];
 run(process.execPath, [nodeGyp, 'configure', ...gypArgs], 'node-gyp configure of kmsbridge.node');
 run(process.execPath, [nodeGyp, 'build', ...gypArgs], 'node-gyp build of kmsbridge.node');
 
-if (fs.existsSync(path.join(root, 'src-native', 'Makefile'))) {
-  run('make', ['-C', 'src-native', `-j${Math.max(1, Math.min(4, (await import('node:os')).cpus().length))}`], 'make of kmsbridge.so');
-}
+// The provider always; the native test programs only in a checkout that has their sources (not in the npm package).
+const targets = ['provider', ...(fs.existsSync(path.join(root, 'test', 'native')) ? ['tests'] : [])];
+const jobs = `-j${Math.max(1, Math.min(4, (await import('node:os')).cpus().length))}`;
+run('make', ['-C', 'src-native', jobs, ...targets], 'make of kmsbridge.so');

@@ -122,7 +122,8 @@ class WorkerHost {
     this.closing = true;
     const worker = this.worker;
     if (!worker) return;
-    await Promise.race([this.request({ op: 'close' }), new Promise((r) => setTimeout(r, 5000))]);
+    // A worker that does not answer in 5 s is terminated anyway; the timer must not hold the process open.
+    await Promise.race([this.request({ op: 'close' }), new Promise((r) => setTimeout(r, 5000).unref())]);
     await worker.terminate();
   }
 
