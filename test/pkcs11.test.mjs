@@ -186,8 +186,24 @@ t.test('decryption: OAEP on the token, PKCS#1 v1.5 only where the keyring allows
   t.same(await decrypt('kms:legacy/label=dec', 'rsa-pkcs1-decrypt', undefined, v15), secret, 'PKCS#1 v1.5 decrypts where allow_pkcs1_decrypt is set');
 });
 
+t.test('a key replaced behind the agent\'s back is looked up again: gone is NOT_FOUND, a new one under the label is used', async (t) => {
+  const { box, client } = await agentFor(t, { hsm: hsm() });
+  p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '0f', '--label', 'replaced']);
+  await sign(client, 'kms:hsm/label=replaced', 'ecdsa', 'sha256');
+  p11toolOk(t, token, ['--delete-object', '--type', 'privkey', '--id', '0f']);
+  p11toolOk(t, token, ['--delete-object', '--type', 'pubkey', '--id', '0f']);
+  await t.rejects(sign(client, 'kms:hsm/label=replaced', 'ecdsa', 'sha256'), { codeName: 'NOT_FOUND', message: /no private key with CKA_LABEL 'replaced'/ });
+  p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '10', '--label', 'replaced2']);
+  const pub = box.file('replaced2.pem');
+  readPublicKeyPem(t, token, 'kms:hsm/id=10', pub);
+  verify(t, box, pub, await sign(client, 'kms:hsm/label=replaced2', 'ecdsa', 'sha256'), 'sha256', [], 'the new key signs');
+});
+
 t.test('16 concurrent signers through the agent share a pool of 4 sessions and all verify', async (t) => {
-  const { box } = await agentFor(t, { hsm: hsm({ max_sessions: 4 }) });
+  // Through pkcs11-spy, which counts the sessions the agent opens.
+  const spyLog = sandbox(t).file('spy.log');
+  const keyring = PKCS11_SPY ? hsm({ max_sessions: 4, library: PKCS11_SPY }) : hsm({ max_sessions: 4 });
+  const { box } = await agentFor(t, { hsm: keyring }, { PKCS11SPY: SOFTHSM_LIB, PKCS11SPY_OUTPUT: spyLog });
   const ec = cliOk(t, box, ['keys', 'create', 'busy-ec', '--keyring', 'hsm', '--type', 'ec-p256']).trim();
   const rsa = cliOk(t, box, ['keys', 'create', 'busy-rsa', '--keyring', 'hsm', '--type', 'rsa-2048']).trim();
   const ecPub = box.file('busy-ec.pem');
@@ -216,6 +232,11 @@ t.test('16 concurrent signers through the agent share a pool of 4 sessions and a
     if (openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('c-in'), '-sigfile', box.file('c-sig'), '-pkeyopt', 'digest:sha256']).status === 0) verified++;
   }
   t.equal(verified, 64, 'openssl verifies all 64 signatures from 16 concurrent signers');
+  if (PKCS11_SPY) {
+    const opened = spyCalls(spyLog, 'C_OpenSession');
+    t.ok(opened >= 1 && opened <= 4, `pkcs11-spy saw ${opened} C_OpenSession calls: never more than max_sessions`);
+    t.equal(spyCalls(spyLog, 'C_Login'), 1, 'one login for the whole token');
+  }
 });
 
 t.test('kmsbridge doctor shows the library, slots, tokens and key objects', async (t) => {
