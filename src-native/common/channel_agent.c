@@ -454,17 +454,36 @@ static struct conn *conn_take_idle(struct agent_channel *ch)
     return found;
 }
 
+/*
+ * Returns |c| to the pool, or closes it when enough are idle. The choice and
+ * the unlinking happen under the lock: once |c| is marked idle another
+ * thread may take it, so it must never be closed after that.
+ */
 static void conn_release(struct agent_channel *ch, struct conn *c)
 {
     size_t idle = 0;
+    int drop = 0;
+
     pthread_mutex_lock(&ch->lock);
     for (struct conn *x = ch->conns; x != NULL; x = x->next)
         if (!x->busy)
             idle++;
-    c->busy = 0;
+    if (idle >= MAX_IDLE) {
+        for (struct conn **pp = &ch->conns; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == c) {
+                *pp = c->next;
+                break;
+            }
+        }
+        drop = 1;
+    } else {
+        c->busy = 0;
+    }
     pthread_mutex_unlock(&ch->lock);
-    if (idle >= MAX_IDLE)
-        conn_close(ch, c);
+    if (drop) {
+        close(c->fd);
+        free(c);
+    }
 }
 
 static int agent_call(struct kb_channel *base, struct kb_buf *req,
