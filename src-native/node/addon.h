@@ -10,6 +10,8 @@ napi_status peercred_register(napi_env env, napi_value exports);
 napi_status local_crypto_register(napi_env env, napi_value exports);
 napi_status bridge_register(napi_env env, napi_value exports);
 napi_status register_register(napi_env env, napi_value exports);
+/* A benchmark hook (bench.c): channelPing(count), the bridge's own round trip. */
+napi_status bench_register(napi_env env, napi_value exports);
 
 struct kb_channel;
 /* The process-wide N-API bridge channel; a non-zero timeout replaces its default. */

@@ -1,0 +1,67 @@
+/*
+ * A benchmark hook, used only by `npm run bench` (scripts/bench/): the cost
+ * of the N-API bridge itself. channelPing(count) sends |count| no-op PING
+ * frames, one at a time, from the calling thread through the bridge channel
+ * to the KeyService worker (kmsbridge.load() must have started it) and
+ * returns a Float64Array of the round-trip time of each, in nanoseconds.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "addon.h"
+#include "channel.h"
+#include "wire.h"
+
+#define MAX_PINGS 1000000u
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static napi_value channel_ping(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], buffer, result;
+    uint32_t count = 0;
+    void *data = NULL;
+
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+        napi_get_value_uint32(env, argv[0], &count) != napi_ok || count == 0 || count > MAX_PINGS)
+        return addon_throw(env, "ERR_INVALID_ARG", "channelPing(count): count from 1 to 1000000");
+    if (napi_create_arraybuffer(env, count * sizeof(double), &data, &buffer) != napi_ok ||
+        napi_create_typedarray(env, napi_float64_array, count, buffer, 0, &result) != napi_ok)
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+
+    struct kb_channel *ch = bridge_channel(0);
+    struct kb_buf req = {0};
+    kb_frame_begin(&req, 0, KB_MSG_PING, 0);
+    if (!kb_frame_end(&req))
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    double *out = data;
+    for (uint32_t i = 0; i < count; i++) {
+        struct kb_wire_msg *reply = NULL;
+        struct kb_err err = {0};
+        uint64_t t0 = now_ns();
+        int ok = kb_channel_call(ch, &req, 0, &reply, &err);
+        out[i] = (double)(now_ns() - t0);
+        kb_wire_msg_free(reply);
+        if (!ok) {
+            kb_buf_free(&req);
+            return addon_throw(env, "ERR_PING", err.msg);
+        }
+    }
+    kb_buf_free(&req);
+    return result;
+}
+
+napi_status bench_register(napi_env env, napi_value exports)
+{
+    const napi_property_descriptor props[] = {
+        {"channelPing", NULL, channel_ping, NULL, NULL, NULL, napi_default, NULL},
+    };
+    return napi_define_properties(env, exports, 1, props);
+}
