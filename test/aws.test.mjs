@@ -148,7 +148,7 @@ t.test('a slow endpoint hits the timeout with an error naming the endpoint', asy
   const started = Date.now();
   const err = await rejects(t, ks.describe(`kms:aws/${rsa.alias}`), 'TIMEOUT', server.url, 'GetPublicKey that takes 10 s');
   const took = Date.now() - started;
-  t.ok(took >= 1000 && took < 1700, `failed after ${took} ms (timeout_ms = 1500)`);
+  t.ok(took >= 750 && took < 2500, `failed after ${took} ms (timeout_ms = 1500)`);
   t.match(err?.message ?? '', /timeout_ms/, 'says which setting to raise');
 });
 
@@ -157,9 +157,9 @@ t.test('a blackholed endpoint fails within the timeout, naming the endpoint, in 
   const ks = keyService(t, { aws: { endpoint: hole.url, timeout_ms: 1500 } });
   const started = Date.now();
   await rejects(t, ks.sign(`kms:aws/${rsa.alias}`, signReq()), 'TIMEOUT', hole.url, 'sign through a blackhole');
-  t.ok(Date.now() - started < 1700, `failed after ${Date.now() - started} ms`);
+  t.ok(Date.now() - started < 2500, `failed after ${Date.now() - started} ms (timeout_ms = 1500)`);
 
-  const cbox = sandbox(t, { keyrings: { aws: { type: 'aws', region: server.region, endpoint: hole.url, timeout_ms: 2000 } } });
+  const cbox = sandbox(t, { keyrings: { aws: { type: 'aws', region: server.region, endpoint: hole.url, timeout_ms: 3000 } } });
   const t0 = Date.now();
   const r = cli(cbox, ['keys', 'export', `kms:aws/${rsa.alias}`], { env: awsEnv(), timeout: 20_000 });
   t.equal(r.status, 1, 'keys export fails');
@@ -420,4 +420,37 @@ t.test('the test double wants SigV4: unsigned and wrongly signed requests are re
   const other = new KMSClient({ region: 'us-west-2', endpoint: server.url, credentials: TEST_CREDENTIALS, maxAttempts: 1 });
   t.teardown(() => other.destroy());
   await t.rejects(other.send(new ListKeysCommand({})), { name: 'InvalidSignatureException' }, 'a signature for another region');
+});
+
+t.test('the system openssl signs with AWS KMS keys through the kmsbridge provider (first door)', async (t) => {
+  const { FLAGS, missing } = await import('./provider-harness.mjs');
+  const why = missing();
+  if (why) return t.skip(why);
+  const pbox = sandbox(t, { keyrings: { aws: { type: 'aws', region: server.region, endpoint: server.url, timeout_ms: 10000 } } });
+  Object.assign(pbox.env, awsEnv(), { OPENSSL_CONF: '/dev/null' });
+  await startAgent(t, pbox);
+  const run = (args) => openssl(args, { env: pbox.env, cwd: pbox.dir });
+  const ec = cliOk(t, pbox, ['keys', 'create', 'door-ec', '--keyring', 'aws', '--type', 'ec-p256']).trim();
+  const rsaUri = cliOk(t, pbox, ['keys', 'create', 'door-rsa', '--keyring', 'aws', '--type', 'rsa-2048']).trim();
+  const ecPem = await publicPem('alias/door-ec');
+  const rsaPem2 = await publicPem('alias/door-rsa');
+  fs.writeFileSync(pbox.file('msg'), message);
+  fs.writeFileSync(pbox.file('msg.sha256'), sha256(message));
+
+  let r = run(['pkeyutl', '-sign', ...FLAGS, '-inkey', ec, '-in', pbox.file('msg.sha256'), '-out', pbox.file('ec.sig')]);
+  t.equal(r.status, 0, `pkeyutl -sign with ${ec}: ${r.stderr}`);
+  r = run(['pkeyutl', '-verify', '-pubin', '-inkey', ecPem, '-in', pbox.file('msg.sha256'), '-sigfile', pbox.file('ec.sig')]);
+  t.equal(r.status, 0, 'openssl verifies it with the GetPublicKey key');
+
+  r = run(['req', '-x509', '-new', ...FLAGS, '-key', rsaUri, '-subj', '/CN=aws door', '-days', '1', '-sha256', '-out', pbox.file('cert.pem')]);
+  t.equal(r.status, 0, `req -x509 with ${rsaUri}: ${r.stderr}`);
+  r = run(['verify', '-CAfile', pbox.file('cert.pem'), pbox.file('cert.pem')]);
+  t.equal(r.status, 0, `the self-signed certificate verifies: ${r.stdout}${r.stderr}`);
+  const certPub = run(['x509', '-in', pbox.file('cert.pem'), '-noout', '-pubkey']).stdout.toString();
+  t.equal(certPub, fs.readFileSync(rsaPem2, 'utf8'), 'and carries the key AWS KMS holds');
+
+  r = run(['dgst', '-sha384', '-sign', rsaUri, ...FLAGS, '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-out', pbox.file('pss.sig'), pbox.file('msg')]);
+  t.equal(r.status, 0, `dgst -sha384 PSS (salt = digest length): ${r.stderr}`);
+  r = run(['dgst', '-sha384', '-verify', rsaPem2, '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-signature', pbox.file('pss.sig'), pbox.file('msg')]);
+  t.equal(r.status, 0, `verifies: ${r.stdout}${r.stderr}`);
 });

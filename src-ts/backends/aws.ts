@@ -55,8 +55,9 @@ export class AwsBackend implements Backend {
 
   constructor(private readonly cfg: KeyringConfig) {
     this.settings = readAwsSettings(cfg);
-    const margin = Math.min(500, Math.max(20, Math.floor(cfg.timeoutMs / 10)));
-    this.budgetMs = Math.max(1, cfg.timeoutMs - margin);
+    // A fifth of the timeout, 250 ms to 1 s: enough for a busy host to turn our abort into an error before the KeyService's timer fires.
+    const margin = Math.min(1000, Math.max(250, Math.floor(cfg.timeoutMs / 5)));
+    this.budgetMs = Math.max(Math.ceil(cfg.timeoutMs / 2), cfg.timeoutMs - margin);
   }
 
   private kms(): KMSClient {

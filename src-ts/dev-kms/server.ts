@@ -267,6 +267,8 @@ export async function startDevKms(opts: DevKmsOptions): Promise<DevKmsServer> {
     });
   };
   const httpServer = opts.tls ? https.createServer({ key: opts.tls.key, cert: opts.tls.cert }, listener) : http.createServer(listener);
+  // Keep idle connections about as long as AWS does, so clients seldom race a server-side close.
+  httpServer.keepAliveTimeout = 60_000;
   httpServer.on('connection', (s: net.Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));

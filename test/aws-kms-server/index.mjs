@@ -80,7 +80,7 @@ export async function startTestKms(t, { region = TEST_REGION, args = [] } = {}) 
 /** An AWS SDK client of its own, for what a test checks without kmsbridge (GetPublicKey, CreateKey, DisableKey…). */
 export function sdkClient(server) {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  return new KMSClient({ region: server.region, endpoint: server.url, credentials: TEST_CREDENTIALS, maxAttempts: 1 });
+  return new KMSClient({ region: server.region, endpoint: server.url, credentials: TEST_CREDENTIALS, maxAttempts: 3 });
 }
 
 /** DER SubjectPublicKeyInfo as a PEM "PUBLIC KEY" block. */
