@@ -24,8 +24,20 @@ const NEEDS = {
     { pkg: 'nginx-light', check: () => hasCommand('nginx') || fs.existsSync('/usr/sbin/nginx') },
     { pkg: 'softhsm2', check: () => hasCommand('softhsm2-util') && fs.existsSync('/usr/lib/softhsm/libsofthsm2.so') },
     { pkg: 'opensc', check: () => hasCommand('pkcs11-tool') },
+    // reliability suite (docs/reliability.md): libFuzzer and sanitizers, memcheck, HTTP load
+    { pkg: 'clang', check: () => hasCommand('clang') },
+    { pkg: 'libclang-rt-14-dev', check: () => hasFuzzerRuntime() },
+    { pkg: 'valgrind', check: () => hasCommand('valgrind') },
+    { pkg: 'wrk', check: () => hasCommand('wrk') },
   ],
 };
+
+// libFuzzer's runtime, in clang's resource directory (its version in the path)
+function hasFuzzerRuntime() {
+  const base = '/usr/lib/llvm-14/lib/clang';
+  if (!fs.existsSync(base)) return false;
+  return fs.readdirSync(base).some((v) => fs.existsSync(`${base}/${v}/lib/linux/libclang_rt.fuzzer-x86_64.a`));
+}
 
 function hasCommand(cmd) {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
