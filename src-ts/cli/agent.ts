@@ -17,8 +17,17 @@ async function runForeground(g: GlobalOptions): Promise<void> {
   const audit = openAuditSink(config.agent.auditLog);
   const keyService = new KeyService(config);
   // Refuse to start on unsafe store permissions: open every local keyring's store now, not at the first request.
+  // A store that cannot be opened (wrong or missing passphrase, damaged store file) does not stop the other
+  // keyrings: the agent starts and says why here, and each request for that keyring fails with the same message,
+  // which the provider hands to the application (`openssl` then names the passphrase, not a missing agent).
   for (const name of keyService.keyringNames()) {
-    if (keyService.keyringConfig(name).type === 'local') await keyService.protectionSummary(name);
+    if (keyService.keyringConfig(name).type !== 'local') continue;
+    try {
+      await keyService.protectionSummary(name);
+    } catch (err) {
+      if (!(err instanceof KmsError && err.code === ErrorCode.KEY_UNUSABLE)) throw err;
+      log(`keyring '${name}' is unusable until this is fixed: ${err.message}`);
+    }
   }
   const agent = await Agent.start({ socketPath, keyService, audit: audit.sink, log });
   log(`config: ${config.source ?? 'built-in default'}; keyrings: ${keyService.keyringNames().join(', ')}`);
