@@ -21,7 +21,6 @@
  * the key's own usage flags allow.
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import type { ECDH1, Mechanism, RsaOAEP, RsaPSS, Template } from 'pkcs11js';
 import { ErrorCode, KmsError, badRequest, keyUnusable, notFound, unsupported } from '../errors.js';
 import type { KeyringConfig } from '../config.js';
@@ -31,15 +30,11 @@ import * as C from './pkcs11/constants.js';
 import { CURVES, ED25519_PARAMS, curveParams, digestInfo, ecdsaSignatureToDer, type PkCurve } from './pkcs11/der.js';
 import { describeSelector, formatKeyId, parseKeyId } from './pkcs11/key-id.js';
 import {
-  attributes,
   checkTokenOf,
-  className,
   findObjects,
-  flag,
   keyIdsFor,
   kindName,
   notFoundDetail,
-  number,
   privateKeys,
   publicKeyOf,
   publicObjects,
@@ -48,10 +43,14 @@ import {
   serviceCurve,
   type TokenKey,
 } from './pkcs11/objects.js';
-import { Token, ckrName, ckrOf, slotNumber, tokensSeen, trimmed, type PinSource, type Session, type TokenSeen } from './pkcs11/token.js';
+import { libraryReport, objectsReport, type Pkcs11Report } from './pkcs11/report.js';
+import { settingsOf, type Pkcs11Settings } from './pkcs11/settings.js';
+import { ckrName, ckrOf, slotNumber } from './pkcs11/library.js';
+import { Token, type Session } from './pkcs11/token.js';
+
+export type { Pkcs11Report } from './pkcs11/report.js';
 
 const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const DEFAULT_MAX_SESSIONS = 8;
 
 const HASH_MECH: Record<Digest, number> = { sha1: C.CKM_SHA_1, sha224: C.CKM_SHA224, sha256: C.CKM_SHA256, sha384: C.CKM_SHA384, sha512: C.CKM_SHA512 };
 const MGF1: Record<Digest, number> = { sha1: C.CKG_MGF1_SHA1, sha224: C.CKG_MGF1_SHA224, sha256: C.CKG_MGF1_SHA256, sha384: C.CKG_MGF1_SHA384, sha512: C.CKG_MGF1_SHA512 };
@@ -76,144 +75,6 @@ const GENERATE: Record<KeySpec, { mech: number; keyType: number; rsaBits?: numbe
   'ec-p521': { mech: C.CKM_EC_KEY_PAIR_GEN, keyType: C.CKK_EC, curve: 'P-521' },
   ed25519: { mech: C.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: C.CKK_EC_EDWARDS, curve: 'Ed25519' },
 };
-
-// ---- configuration -------------------------------------------------------------
-
-interface Pkcs11Settings {
-  library: string;
-  tokenLabel?: string;
-  slot?: number;
-  maxSessions: number;
-  pin?: PinSource;
-}
-
-function settingsOf(cfg: KeyringConfig): Pkcs11Settings {
-  const t = cfg.settings;
-  const where = `[keyrings.${cfg.name}]`;
-  const bad = (what: string) => new KmsError(ErrorCode.BAD_REQUEST, `config ${where}: ${what}`);
-  const str = (key: string): string | undefined => {
-    const v = t[key];
-    if (v === undefined) return undefined;
-    if (typeof v !== 'string' || v.length === 0) throw bad(`${key} must be a non-empty string`);
-    return v;
-  };
-  const int = (key: string, min: number, max: number): number | undefined => {
-    const raw = t[key];
-    if (raw === undefined) return undefined;
-    const v = typeof raw === 'bigint' ? Number(raw) : raw;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw bad(`${key} must be a whole number from ${min} to ${max}`);
-    return v;
-  };
-  const library = str('library');
-  if (!library) throw bad('library is missing: give the path of the PKCS#11 module, e.g. library = "/usr/lib/softhsm/libsofthsm2.so"');
-  const tokenLabel = str('token_label');
-  const slot = int('slot', 0, 0xffffffff);
-  if (tokenLabel !== undefined && slot !== undefined) throw bad('give token_label or slot, not both (token_label is preferred: it survives reconfiguration)');
-  if (tokenLabel === undefined && slot === undefined) throw bad('name the token: token_label = "<label>" (or slot = <n>)');
-  const maxSessions = int('max_sessions', 1, 1024) ?? DEFAULT_MAX_SESSIONS;
-
-  const pinEnv = str('pin_env');
-  const pinFile = str('pin_file');
-  const pinValue = t.pin;
-  const given = [pinEnv, pinFile, pinValue].filter((v) => v !== undefined).length;
-  if (given > 1) throw bad('give one of pin_env, pin_file and pin');
-  let pin: PinSource | undefined;
-  if (pinEnv !== undefined) pin = envPin(pinEnv, cfg.name);
-  else if (pinFile !== undefined) pin = filePin(pinFile, cfg.name);
-  else if (pinValue !== undefined) {
-    if (typeof pinValue !== 'string' || pinValue.length === 0) throw bad('pin must be a non-empty string');
-    process.stderr.write(
-      `kmsbridge: WARNING: keyring '${cfg.name}' has its PKCS#11 PIN written in the config file (pin = …): anyone who can read the config can use the token's keys. ` +
-        `Use pin_env or pin_file (mode 0600) outside development.\n`,
-    );
-    pin = { origin: `pin in ${where}`, rereadable: false, read: () => pinValue };
-  }
-  return { library, maxSessions, pin, ...(tokenLabel !== undefined ? { tokenLabel } : {}), ...(slot !== undefined ? { slot } : {}) };
-}
-
-function envPin(name: string, keyring: string): PinSource {
-  const origin = `environment variable ${name} (pin_env of [keyrings.${keyring}])`;
-  return {
-    origin,
-    rereadable: false,
-    read: () => {
-      const v = process.env[name];
-      if (v === undefined || v.length === 0) throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} is not set in the environment of the agent; set it where the agent starts`);
-      return v;
-    },
-  };
-}
-
-function filePin(file: string, keyring: string): PinSource {
-  const origin = `pin_file ${file}`;
-  return {
-    origin,
-    rereadable: true,
-    read: () => {
-      let st: fs.Stats;
-      try {
-        st = fs.statSync(file);
-      } catch {
-        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} of keyring '${keyring}' cannot be read; check the path`);
-      }
-      const uid = process.getuid?.() ?? 0;
-      if (st.uid !== uid && st.uid !== 0) {
-        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} belongs to uid ${st.uid}, not to this user (uid ${uid}) or root; chown it`);
-      }
-      if ((st.mode & 0o077) !== 0) {
-        const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
-        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} has mode ${mode}, readable by other users; run: chmod 600 ${file}`);
-      }
-      const text = fs.readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-      if (text.length === 0) throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} of keyring '${keyring}' is empty`);
-      return text;
-    },
-  };
-}
-
-// ---- doctor ------------------------------------------------------------------------
-
-export interface Pkcs11SlotReport {
-  slot: number;
-  description: string;
-  token?: TokenSeen & { flags: string[] };
-}
-
-export interface Pkcs11ObjectReport {
-  class: string;
-  label: string;
-  id: string;
-  /** `rsa-2048`, `ec P-256`… for keys. */
-  kind?: string;
-  /** `sensitive`, `never extractable`, `private`… */
-  access: string[];
-  /** The key-id kmsbridge uses for a private key. */
-  keyId?: string;
-}
-
-export interface Pkcs11Report {
-  library: string;
-  libraryInfo?: string;
-  slots: Pkcs11SlotReport[];
-  token?: string;
-  pinStatus?: string[];
-  mechanisms?: { name: string; offered: boolean }[];
-  sessions?: string;
-  objects?: Pkcs11ObjectReport[];
-  notes: string[];
-}
-
-function tokenFlags(f: number): string[] {
-  const names: [number, string][] = [
-    [C.CKF_LOGIN_REQUIRED, 'login required'],
-    [C.CKF_USER_PIN_INITIALIZED, 'PIN initialized'],
-    [C.CKF_TOKEN_INITIALIZED, 'token initialized'],
-    [C.CKF_USER_PIN_COUNT_LOW, 'user PIN count low'],
-    [C.CKF_USER_PIN_FINAL_TRY, 'user PIN final try'],
-    [C.CKF_USER_PIN_LOCKED, 'user PIN locked'],
-  ];
-  return names.filter(([bit]) => f & bit).map(([, n]) => n);
-}
 
 // ---- the backend ------------------------------------------------------------------
 
@@ -613,23 +474,7 @@ export class Pkcs11Backend implements Backend {
       report.notes.push(err instanceof Error ? err.message : String(err));
       return report;
     }
-    try {
-      const info = lib.lib.C_GetInfo();
-      report.libraryInfo = `${trimmed(info.libraryDescription)} ${info.libraryVersion.major}.${info.libraryVersion.minor} by ${trimmed(info.manufacturerID)}, Cryptoki ${info.cryptokiVersion.major}.${info.cryptokiVersion.minor}${lib.threadSafe ? '' : ' (initialized without OS locking: calls stay on one thread)'}`;
-      const seen = new Map(tokensSeen(lib.lib).map((t) => [t.slot, t]));
-      for (const slot of lib.lib.C_GetSlotList(false)) {
-        const si = lib.lib.C_GetSlotInfo(slot);
-        const n = slotNumber(slot);
-        const t = seen.get(n);
-        let flags: string[] = [];
-        if (t) flags = tokenFlags(lib.lib.C_GetTokenInfo(slot).flags);
-        report.slots.push({ slot: n, description: trimmed(si.slotDescription), ...(t ? { token: { ...t, flags } } : {}) });
-      }
-      if (report.slots.length === 0) report.notes.push('the library reports no slots');
-    } catch (err) {
-      report.notes.push(this.explain(err, 'reading the slots').message);
-      return report;
-    }
+    if (!libraryReport(lib, report, (err) => this.explain(err, 'reading the slots').message)) return report;
 
     // Public view first: no PIN needed.
     try {
@@ -642,7 +487,7 @@ export class Pkcs11Backend implements Backend {
           const mechs = this.token.mechanismsOf(s);
           report.mechanisms = Object.entries(C.MECHANISM_NAMES).map(([m, name]) => ({ name, offered: mechs.has(Number(m)) }));
           report.sessions = `up to ${this.token.sessionLimit} (max_sessions ${this.settings.maxSessions}, and the token's own limit)`;
-          report.objects = this.objectsReport(s);
+          report.objects = objectsReport(s);
         },
         { login: false },
       );
@@ -661,7 +506,7 @@ export class Pkcs11Backend implements Backend {
     } else {
       try {
         await this.op('doctor (logged in)', signal, (s) => {
-          report.objects = this.objectsReport(s);
+          report.objects = objectsReport(s);
         });
       } catch (err) {
         report.notes.push((err as Error).message);
@@ -670,38 +515,6 @@ export class Pkcs11Backend implements Backend {
     return report;
   }
 
-  private objectsReport(s: Session): Pkcs11ObjectReport[] {
-    const { keys } = privateKeys(s);
-    const keyIds = keyIdsFor(keys);
-    const byHandle = new Map(keys.map((k) => [k.handle.toString('hex'), k]));
-    const out: Pkcs11ObjectReport[] = [];
-    for (const h of findObjects(s, [])) {
-      const a = attributes(s, h, [C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID]);
-      const cls = number(a.get(C.CKA_CLASS));
-      const k = byHandle.get(h.toString('hex'));
-      const access: string[] = [];
-      if (cls === C.CKO_PRIVATE_KEY || cls === C.CKO_SECRET_KEY) {
-        const f = attributes(s, h, [C.CKA_SENSITIVE, C.CKA_EXTRACTABLE, C.CKA_ALWAYS_SENSITIVE, C.CKA_NEVER_EXTRACTABLE, C.CKA_PRIVATE]);
-        if (flag(f.get(C.CKA_SENSITIVE))) access.push('sensitive');
-        if (flag(f.get(C.CKA_ALWAYS_SENSITIVE))) access.push('always sensitive');
-        access.push(flag(f.get(C.CKA_EXTRACTABLE)) ? 'extractable' : 'non-extractable');
-        if (flag(f.get(C.CKA_NEVER_EXTRACTABLE))) access.push('never extractable');
-        if (flag(f.get(C.CKA_PRIVATE))) access.push('private');
-      }
-      const keyId = k ? keyIds.get(k) : undefined;
-      out.push({
-        class: className(cls),
-        label: (a.get(C.CKA_LABEL) ?? Buffer.alloc(0)).toString('utf8'),
-        id: (a.get(C.CKA_ID) ?? Buffer.alloc(0)).toString('hex'),
-        ...(k ? { kind: kindName(k) } : {}),
-        access,
-        ...(keyId ? { keyId } : {}),
-      });
-    }
-    const order = ['private key', 'public key', 'certificate'];
-    const rank = (c: string) => (order.includes(c) ? order.indexOf(c) : order.length);
-    return out.sort((a, b) => rank(a.class) - rank(b.class) || a.label.localeCompare(b.label) || a.id.localeCompare(b.id));
-  }
 }
 
 /** The peer's EC point (uncompressed) from its SPKI, after checking it is on the key's curve. */

@@ -9,7 +9,8 @@ import type { Curve, KeyType } from '../../types.js';
 import * as C from './constants.js';
 import { CURVES, bitLength, curveOfParams, ecPointOfAttribute, ecSpki, rsaSpki, type PkCurve } from './der.js';
 import { formatKeyId, type KeySelector } from './key-id.js';
-import { ckrOf, type Session } from './token.js';
+import { ckrOf } from './library.js';
+import type { Session } from './token.js';
 
 const MAX_OBJECTS = 10_000;
 
