@@ -32,8 +32,8 @@ function writeOut(text: string, out: string | undefined, mode: number): void {
   if (process.stderr.isTTY) process.stderr.write(`wrote ${out}\n`);
 }
 
-export function renderConf(template: 'openssl' | 'node', socket: string, timeoutMs: number): string {
-  const file = path.join(PACKAGE_ROOT, 'openssl-conf', template === 'node' ? 'node.cnf.in' : 'openssl.cnf.in');
+export function renderConf(template: 'openssl' | 'node' | 'engine', socket: string, timeoutMs: number): string {
+  const file = path.join(PACKAGE_ROOT, 'openssl-conf', `${template}.cnf.in`);
   const values: Record<string, string> = { MODULE: providerModule(), SOCKET: socket, TIMEOUT_MS: String(timeoutMs) };
   return fs.readFileSync(file, 'utf8').replace(/@([A-Z_]+)@/g, (m, k: string) => values[k] ?? m);
 }
@@ -42,12 +42,13 @@ export function confCommands(): Command[] {
   const conf = new Command('conf')
     .description('write an openssl.cnf that loads the kmsbridge provider (for OPENSSL_CONF)')
     .option('--node', 'for Node.js (the nodejs_conf section) instead of OpenSSL applications')
+    .addOption(new Option('--engine', 'load the legacy ENGINE kmsbridge instead (an [engine_section], for -engine kmsbridge)').conflicts('node'))
     .option('-o, --out <file>', 'write to a file instead of stdout')
-    .addOption(new Option('--request-timeout <ms>', 'per-request timeout of the provider').default(30_000).argParser(Number))
-    .action((o: { node?: boolean; out?: string; requestTimeout: number }, cmd: Command) => {
+    .addOption(new Option('--request-timeout <ms>', 'per-request timeout of the provider or engine').default(30_000).argParser(Number))
+    .action((o: { node?: boolean; engine?: boolean; out?: string; requestTimeout: number }, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       const socket = path.resolve(g.socket ?? loadConfig(g.config).agent.socket);
-      writeOut(renderConf(o.node ? 'node' : 'openssl', socket, o.requestTimeout), o.out, 0o644);
+      writeOut(renderConf(o.engine ? 'engine' : o.node ? 'node' : 'openssl', socket, o.requestTimeout), o.out, 0o644);
     });
 
   const keyref = new Command('keyref')
