@@ -71,6 +71,8 @@ export interface Session {
 interface Pooled extends Session {
   /** The token generation the session was opened in; a reset makes older ones void. */
   readonly gen: number;
+  /** The library epoch it was opened in: after a fork or re-initialization its handle means nothing. */
+  readonly epoch: number;
 }
 
 interface Waiter {
@@ -157,17 +159,13 @@ export class Token {
     for (const w of this.waiters.splice(0)) w.retry();
   }
 
-  /** After the token went away: close what is left of our sessions and find the token again. */
+  /**
+   * After the token went away: close our idle sessions (busy ones are closed
+   * as they come back) and find the token again. Not C_CloseAllSessions: other
+   * keyrings on the same token keep theirs.
+   */
   private reset(): void {
-    const lib = this.library;
-    const slot = this.slot;
-    if (lib && slot) {
-      try {
-        lib.lib.C_CloseAllSessions(slot);
-      } catch {
-        /* the slot may be gone */
-      }
-    }
+    for (const s of this.idle) closeQuietly(s);
     this.forget();
   }
 
@@ -237,7 +235,7 @@ export class Token {
     this.open++;
     try {
       const handle = lib.lib.C_OpenSession(slot, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION);
-      return { lib: lib.lib, handle, slot, threadSafe: lib.threadSafe, gen: this.gen, opActive: false };
+      return { lib: lib.lib, handle, slot, threadSafe: lib.threadSafe, gen: this.gen, epoch: lib.epoch, opActive: false };
     } catch (err) {
       this.open--;
       if (ckrOf(err) === C.CKR_SESSION_COUNT) {
@@ -286,11 +284,7 @@ export class Token {
 
   private release(s: Pooled, broken: boolean): void {
     if (this.closed) {
-      try {
-        s.lib.C_CloseSession(s.handle);
-      } catch {
-        /* gone */
-      }
+      closeQuietly(s);
       return;
     }
     if (s.gen === this.gen) {
@@ -300,14 +294,12 @@ export class Token {
         else this.idle.push(s);
         return;
       }
-      try {
-        s.lib.C_CloseSession(s.handle);
-      } catch {
-        /* already gone */
-      }
+      closeQuietly(s);
       this.open--;
       // Closing an application's last session logs it out of the token (PKCS#11 §5.6, C_CloseSession).
       if (this.open === 0) this.loggedIn = false;
+    } else if (s.epoch === this.libraryEpoch) {
+      closeQuietly(s); // busy while the token was reset; a handle from before a fork is not ours to close
     }
     this.waiters.shift()?.retry(); // room for a new session
   }
@@ -469,13 +461,7 @@ export class Token {
     if (this.closed) return;
     this.closed = true;
     const lib = this.library;
-    for (const s of this.idle) {
-      try {
-        s.lib.C_CloseSession(s.handle);
-      } catch {
-        /* gone */
-      }
-    }
+    for (const s of this.idle) closeQuietly(s);
     this.idle = [];
     this.open = 0;
     for (const w of this.waiters.splice(0)) w.retry();
@@ -483,5 +469,13 @@ export class Token {
       this.library = undefined;
       releaseLibrary(lib);
     }
+  }
+}
+
+function closeQuietly(s: Session): void {
+  try {
+    s.lib.C_CloseSession(s.handle);
+  } catch {
+    /* already gone with its token */
   }
 }
