@@ -4,13 +4,48 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { sandbox, startAgent, openssl, opensslOk } from './lib/env.mjs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { sandbox, startAgent, openssl, opensslOk, ROOT } from './lib/env.mjs';
 import { selectedFixtures } from './lib/backends.mjs';
 import { AgentClient } from '../dist/agent/client.js';
 import { MsgType, Tag } from '../dist/wire/codec.js';
 
 const DIGEST_LEN = { sha256: 32, sha384: 48, sha512: 64 };
 const defaultDigest = (spec) => ({ 'ec-p384': 'sha384', 'ec-p521': 'sha512' })[spec] ?? 'sha256';
+
+const PROVIDER = ['-provider-path', path.join(ROOT, 'build', 'ossl-modules'), '-provider', 'default', '-provider', 'kmsbridge'];
+
+/** The provider door: `openssl pkeyutl -sign -inkey kms:…`, verified by plain openssl with the independent public key. */
+async function providerDoor(t, box, uri, pub, v) {
+  const message = fs.readFileSync(box.file('msg'));
+  const input = v.digest ? crypto.createHash(v.digest).update(message).digest() : message;
+  fs.writeFileSync(box.file('door-in'), input);
+  const opts = v.digest ? ['-pkeyopt', `digest:${v.digest}`, ...v.opts] : ['-rawin'];
+  const r = openssl(['pkeyutl', '-sign', ...PROVIDER, '-inkey', uri, '-in', box.file('door-in'), '-out', box.file('door-sig'), ...opts], { env: box.env });
+  t.equal(r.status, 0, `provider door: openssl pkeyutl -sign ${r.stderr.trim()}`);
+  const verify = openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('door-in'), '-sigfile', box.file('door-sig'), ...opts]);
+  t.equal(verify.status, 0, `provider door: plain openssl verifies ${verify.stderr.trim()}`);
+}
+
+/** The Node door: crypto.sign in a fresh process with kmsbridge.load(), verified by openssl. */
+async function nodeDoor(t, box, uri, pub, spec) {
+  const digest = spec.startsWith('ed') ? null : defaultDigest(spec);
+  const script = box.file('node-door.mjs');
+  fs.writeFileSync(
+    script,
+    `import crypto from 'node:crypto';\nimport fs from 'node:fs';\nimport kmsbridge from ${JSON.stringify(path.join(ROOT, 'dist/index.js'))};\n` +
+      `const kb = await kmsbridge.load({ timeoutMs: 60000 });\n` +
+      `fs.writeFileSync(process.argv[2], crypto.sign(${JSON.stringify(digest)}, fs.readFileSync(process.argv[3]), kb.privateKey(${JSON.stringify(uri)})));\n` +
+      `await kb.close();\n`,
+  );
+  const r = spawnSync(process.execPath, [script, box.file('node-sig'), box.file('msg')], { env: box.env, encoding: 'utf8', timeout: 90_000 });
+  t.equal(r.status, 0, `Node door: crypto.sign in-process ${r.stderr.trim()}`);
+  const verify = digest
+    ? openssl(['dgst', `-${digest}`, '-verify', pub, '-signature', box.file('node-sig'), box.file('msg')])
+    : openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-rawin', '-in', box.file('msg'), '-sigfile', box.file('node-sig')]);
+  t.equal(verify.status, 0, `Node door: openssl verifies ${verify.stderr.trim()}`);
+}
 
 // Scenarios are top-level tests (one per backend and key type), so each counts on its own.
 for (const backend of selectedFixtures()) {
@@ -55,6 +90,10 @@ for (const backend of selectedFixtures()) {
           const r = openssl(args);
           t.equal(r.status, 0, `${v.alg}${v.digest ? ' ' + v.digest : ''}: ${r.stderr.trim() || 'verified'}`);
         }
+        // The same key through the other doors: the system openssl with the provider, and Node in-process.
+        await providerDoor(t, box, uri, pub, variants[0]);
+        await nodeDoor(t, box, uri, pub, spec);
+
         // A backend that fixes a key's usage at creation (AWS KMS) decrypts and derives with keys made for that.
         const keyFor = async (use) => {
           const keyring = backend.limits.keyringFor?.[use];
