@@ -43,6 +43,25 @@ static kb_pkey_sign_fn *orig_sign;
 static kb_pkey_verify_fn *orig_verify;
 static kb_pkey_cipher_fn *orig_encrypt, *orig_decrypt;
 
+/* For error messages: OpenSSL's name of an RSA padding mode. */
+static const char *pad_name(int pad)
+{
+    switch (pad) {
+    case RSA_PKCS1_PADDING:
+        return "pkcs1";
+    case RSA_NO_PADDING:
+        return "none (raw RSA)";
+    case RSA_PKCS1_OAEP_PADDING:
+        return "oaep";
+    case RSA_X931_PADDING:
+        return "x931";
+    case RSA_PKCS1_PSS_PADDING:
+        return "pss";
+    default:
+        return "unknown";
+    }
+}
+
 /* Our key behind |ctx|, or NULL for anybody else's (provided keys included). */
 static const struct kb_ekey *ctx_key(EVP_PKEY_CTX *ctx)
 {
@@ -165,9 +184,9 @@ static int kb_rsa_sign(EVP_PKEY_CTX *ctx, unsigned char *sig, size_t *siglen,
         break;
     default:
         kb_eng_raise(KB_R_UNSUPPORTED,
-                     "RSA signature padding %d: kmsbridge signs PKCS#1 v1.5 "
+                     "RSA signature padding %s: kmsbridge signs PKCS#1 v1.5 "
                      "and PSS; key managers do not offer raw RSA",
-                     pad);
+                     pad_name(pad));
         return 0;
     }
     if (!kb_ekey_check_use(k, alg, digest))
@@ -241,9 +260,9 @@ static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
         break;
     default:
         kb_eng_raise(KB_R_UNSUPPORTED,
-                     "RSA decryption padding %d: kmsbridge decrypts OAEP and "
+                     "RSA decryption padding %s: kmsbridge decrypts OAEP and "
                      "PKCS#1 v1.5; key managers do not offer raw RSA",
-                     pad);
+                     pad_name(pad));
         return 0;
     }
     if (!kb_ekey_check_use(k, alg, NULL))
