@@ -92,7 +92,7 @@ export class KeyService {
         reject(
           new KmsError(
             ErrorCode.TIMEOUT,
-            `keyring '${kr.config.name}' (${kr.config.type}) did not answer ${what} within ${ms} ms; check the key manager, or raise timeout_ms in [keyrings.${kr.config.name}]`,
+            `keyring '${kr.config.name}' (${kr.config.type}${kr.backend.location ? ', ' + kr.backend.location : ''}) did not answer ${what} within ${ms} ms; check the key manager, or raise timeout_ms in [keyrings.${kr.config.name}]`,
           ),
         );
         ctl.abort();
@@ -114,11 +114,18 @@ export class KeyService {
     return { parsed, kr: this.keyring(parsed.keyring) };
   }
 
+  /** What the key is and what the keyring lets callers do with it. */
   async describe(uri: string): Promise<KeyDescription> {
+    const { kr } = this.resolve(uri);
+    return applyPolicy(kr.config, await this.describeRaw(uri));
+  }
+
+  /** What the backend can do with the key, before the keyring's policy; cached. */
+  private async describeRaw(uri: string): Promise<KeyDescription> {
     const { parsed, kr } = this.resolve(uri);
     let p = kr.descriptions.get(parsed.keyId);
     if (!p) {
-      p = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => applyPolicy(kr.config, { uri, ...d }));
+      p = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d }));
       kr.descriptions.set(parsed.keyId, p);
       p.catch(() => kr.descriptions.delete(parsed.keyId)); // never cache a failure
     }
@@ -127,14 +134,14 @@ export class KeyService {
 
   async sign(uri: string, req: SignRequest): Promise<Buffer> {
     const { parsed, kr } = this.resolve(uri);
-    const desc = await this.describe(uri);
+    const desc = await this.describeRaw(uri);
     checkSign(kr.config, desc, req);
     return this.call(kr, `sign with ${uri}`, (s) => kr.backend.sign(parsed.keyId, req, s));
   }
 
   async decrypt(uri: string, req: DecryptRequest): Promise<Buffer> {
     const { parsed, kr } = this.resolve(uri);
-    const desc = await this.describe(uri);
+    const desc = await this.describeRaw(uri);
     checkDecrypt(kr.config, desc, req);
     return this.call(kr, `decrypt with ${uri}`, (s) => kr.backend.decrypt(parsed.keyId, req, s));
   }
@@ -221,6 +228,11 @@ function applyPolicy(cfg: KeyringConfig, d: KeyDescription): KeyDescription {
   };
 }
 
+function managerName(cfg: KeyringConfig): string {
+  const names: Record<string, string> = { aws: 'AWS KMS', pkcs11: 'the PKCS#11 token', local: 'the local key store' };
+  return names[cfg.type] ?? `the ${cfg.type} key manager`;
+}
+
 function keyLabel(d: KeyDescription): string {
   return `${d.uri} (${d.keyType}${d.curve ? ' ' + d.curve : d.keyType === 'rsa' ? '-' + d.bits : ''})`;
 }
@@ -232,12 +244,16 @@ function wrongAlgorithm(d: KeyDescription, alg: string): KmsError {
 function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | undefined, role: string): Digest {
   if (digest === undefined) throw badRequest(`${role} digest missing for ${d.uri}`);
   if (!isDigest(digest)) throw unsupported(`digest '${digest}' is not supported (use sha224, sha256, sha384 or sha512)`);
+  // What the key manager cannot do is said before what the keyring forbids: no setting would help with the former.
+  if (!d.digests.includes(digest)) {
+    const sha1 = digest === 'sha1' ? ' (SHA-1 is broken for signatures; use SHA-256 or stronger)' : '';
+    throw unsupported(`${managerName(cfg)} does not sign with ${digest}${sha1} (key ${keyLabel(d)}); it allows: ${d.digests.join(', ')}`);
+  }
   if (digest === 'sha1' && !cfg.allowSha1) {
     throw unsupported(
       `SHA-1 signatures are refused for keyring '${cfg.name}' (${d.uri}): SHA-1 is broken for signatures; use SHA-256 or stronger, or set allow_sha1 = true in [keyrings.${cfg.name}]`,
     );
   }
-  if (!d.digests.includes(digest)) throw unsupported(`key ${keyLabel(d)} does not sign with ${digest}; it allows: ${d.digests.join(', ')}`);
   if (d.mandatoryDigest && digest !== d.mandatoryDigest) {
     throw unsupported(`key ${keyLabel(d)} signs only with ${d.mandatoryDigest}, not ${digest}`);
   }
@@ -276,7 +292,7 @@ function checkSign(cfg: KeyringConfig, d: KeyDescription, req: SignRequest): voi
 }
 
 function checkDecrypt(cfg: KeyringConfig, d: KeyDescription, req: DecryptRequest): void {
-  if (req.algorithm === 'rsa-pkcs1-decrypt' && !d.algorithms.includes('rsa-pkcs1-decrypt') && d.keyType === 'rsa') {
+  if (req.algorithm === 'rsa-pkcs1-decrypt' && d.algorithms.includes('rsa-pkcs1-decrypt') && !cfg.allowPkcs1Decrypt) {
     throw unsupported(
       `PKCS#1 v1.5 decryption is disabled for keyring '${cfg.name}' (${d.uri}): it is open to padding-oracle attacks; use OAEP, or set allow_pkcs1_decrypt = true in [keyrings.${cfg.name}]`,
     );

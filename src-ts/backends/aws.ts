@@ -48,6 +48,9 @@ const ALIAS_ARN = /^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:(alias\/.+)$/;
 export class AwsBackend implements Backend {
   readonly type = 'aws';
   private readonly settings: AwsSettings;
+  get location(): string {
+    return this.settings.where;
+  }
   /** The part of the keyring's timeout the backend may use, so its own, more specific error comes first. */
   private readonly budgetMs: number;
   private client?: KMSClient;

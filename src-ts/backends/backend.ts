@@ -18,6 +18,8 @@ export type Progress = (message: string) => void;
  */
 export interface Backend {
   readonly type: string;
+  /** Where the key manager is, for messages ('https://kms.eu-west-1.amazonaws.com', a PKCS#11 library); absent for the local store. */
+  readonly location?: string;
   describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription>;
   sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer>;
   decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer>;
