@@ -1,6 +1,6 @@
 {
   # kmsbridge.node: the Node addon. The same C core as kmsbridge.so (wire
-  # codec, channels, provider), compiled against Node's own OpenSSL headers
+  # codec, channels, provider, ENGINE), compiled against Node's own OpenSSL headers
   # (node-gyp puts them on the include path) and deliberately NOT linked with
   # -lcrypto: its OpenSSL symbols bind to those the node binary exports.
   "targets": [
@@ -18,7 +18,8 @@
         "src-native/common/channel_agent.c",
         "src-native/common/keyref.c",
         "src-native/common/log.c",
-        "<!@(node -p \"require('fs').readdirSync('src-native/provider').filter(f => f.endsWith('.c')).map(f => 'src-native/provider/' + f).join(' ')\")"
+        "<!@(node -p \"require('fs').readdirSync('src-native/provider').filter(f => f.endsWith('.c')).map(f => 'src-native/provider/' + f).join(' ')\")",
+        "<!@(node -p \"require('fs').readdirSync('src-native/engine').filter(f => f.endsWith('.c')).map(f => 'src-native/engine/' + f).join(' ')\")"
       ],
       "include_dirs": ["src-native/common", "src-native/provider"],
       "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-fvisibility=hidden", "-pthread"],

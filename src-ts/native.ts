@@ -22,7 +22,7 @@ export interface NativeAddon {
   bridgeUnbind(): void;
   bridgeComplete(handle: BridgeHandle, reply: Buffer): void;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
-  registration(): { provider: boolean; openssl: string; error?: string };
+  registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */
   useChannel(kind: 'bridge' | 'none', timeoutMs?: number): void;
   useChannel(kind: 'agent', timeoutMs: number, socketPath: string): void;

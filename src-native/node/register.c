@@ -1,7 +1,8 @@
 /*
- * Registers the kmsbridge provider in Node's own OpenSSL, once per process
- * however many threads load the addon, and chooses the channel the provider
- * uses: the N-API bridge to the KeyService worker, or an agent socket.
+ * Registers the kmsbridge provider and the ENGINE kmsbridge in Node's own
+ * OpenSSL, once per process however many threads load the addon, and chooses
+ * the channel both use: the N-API bridge to the KeyService worker, or an
+ * agent socket.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -16,9 +17,11 @@
 #include "errors.h"
 
 OSSL_provider_init_fn kb_provider_init; /* provider/provider.c */
+int kb_engine_register(void);           /* engine/engine.c */
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char registration_error[256];
+static char engine_error[256];
 
 static void register_once(void)
 {
@@ -34,9 +37,20 @@ static void register_once(void)
                  e != 0 ? ERR_reason_error_string(e) : "unknown error");
         ERR_clear_error();
     }
+    /*
+     * The ENGINE route (privateKeyEngine: 'kmsbridge'): Node finds engines by
+     * id in OpenSSL's list. Its key operations take the same channel as the
+     * provider's, the override useChannel() installs.
+     */
+    if (!kb_engine_register()) {
+        unsigned long e = ERR_get_error();
+        snprintf(engine_error, sizeof(engine_error), "could not add the kmsbridge engine: %s",
+                 e != 0 ? ERR_reason_error_string(e) : "unknown error");
+        ERR_clear_error();
+    }
 }
 
-/* registration() -> { provider: boolean, openssl: string, error?: string } */
+/* registration() -> { provider: boolean, engine: boolean, openssl: string, error?: string, engineError?: string } */
 static napi_value registration(napi_env env, napi_callback_info info)
 {
     (void)info;
@@ -44,6 +58,12 @@ static napi_value registration(napi_env env, napi_callback_info info)
     napi_create_object(env, &result);
     napi_get_boolean(env, registration_error[0] == '\0', &v);
     napi_set_named_property(env, result, "provider", v);
+    napi_get_boolean(env, engine_error[0] == '\0', &v);
+    napi_set_named_property(env, result, "engine", v);
+    if (engine_error[0] != '\0') {
+        napi_create_string_utf8(env, engine_error, NAPI_AUTO_LENGTH, &v);
+        napi_set_named_property(env, result, "engineError", v);
+    }
     napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &v);
     napi_set_named_property(env, result, "openssl", v);
     if (registration_error[0] != '\0') {
