@@ -16,16 +16,17 @@ async function runForeground(g: GlobalOptions): Promise<void> {
   const log = (m: string) => process.stderr.write(`kmsbridge agent[${process.pid}]: ${m}\n`);
   const audit = openAuditSink(config.agent.auditLog);
   const keyService = new KeyService(config);
-  // Refuse to start on unsafe store permissions: open every local keyring's store now, not at the first request.
+  // Refuse to start on unsafe store permissions or a bad config: open every keyring now, not at the first request.
   // A store that cannot be opened (wrong or missing passphrase, damaged store file) does not stop the other
   // keyrings: the agent starts and says why here, and each request for that keyring fails with the same message,
   // which the provider hands to the application (`openssl` then names the passphrase, not a missing agent).
+  // Every keyring is opened now, so settings errors and warnings (a PIN in the config) show at start.
+  const unusable = [ErrorCode.KEY_UNUSABLE, ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.NOT_FOUND];
   for (const name of keyService.keyringNames()) {
-    if (keyService.keyringConfig(name).type !== 'local') continue;
     try {
-      await keyService.protectionSummary(name);
+      log(`keyring '${name}': ${await keyService.protectionSummary(name)}`);
     } catch (err) {
-      if (!(err instanceof KmsError && err.code === ErrorCode.KEY_UNUSABLE)) throw err;
+      if (!(err instanceof KmsError && unusable.includes(err.code))) throw err;
       log(`keyring '${name}' is unusable until this is fixed: ${err.message}`);
     }
   }

@@ -42,7 +42,7 @@ function loadBinding(): Binding {
   } catch (err) {
     throw new KmsError(
       ErrorCode.BACKEND_UNAVAILABLE,
-      `the PKCS#11 binding (pkcs11js) cannot be loaded: ${(err as Error).message.split('\n')[0]}; reinstall kmsbridge with its install scripts allowed (npm install-scripts approve kmsbridge)`,
+      `the PKCS#11 binding (pkcs11js) cannot be loaded: ${(err as Error).message.split('\n')[0]}; it is an optional dependency built by its own install script: run npm install-scripts approve pkcs11js && npm rebuild pkcs11js (needs make, g++ and python3)`,
     );
   }
 }
