@@ -85,7 +85,7 @@ export function canConnect(socket) {
   return new Promise((resolve) => {
     const s = net.connect(socket);
     s.once('connect', () => (s.destroy(), resolve(true)));
-    s.once('error', () => resolve(false));
+    s.on('error', () => resolve(false)); // on, not once: a second error must not go unhandled
   });
 }
 
