@@ -17,6 +17,9 @@ export interface NativeAddon {
   loadPrivateKey(pkcs8: Buffer): NativeKeyHandle;
   sign(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
   decrypt(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
+  /** sign and decrypt on the calling thread instead of libuv's pool. */
+  signNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
+  decryptNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
   /** The N-API bridge: the worker binds its request handler and answers each request. */
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;

@@ -3,12 +3,17 @@
  * backend of the KeyService. node:crypto always hashes its input (it has no
  * "sign this digest" for ECDSA or RSA-PSS) and Node 20 refuses PKCS#1 v1.5
  * decryption, so the KeyService hands decrypted keys to these functions.
- * They run on the libuv thread pool so one agent uses every core.
+ * They run on the libuv thread pool so one agent uses every core; the *Now
+ * forms run on the calling thread instead, for callers that must not wait
+ * for the pool (the in-process KeyService worker: threads blocked on it may
+ * hold every pool thread) or whose operation costs less than the trip to the
+ * pool and back (ECDSA).
  *
  * JS surface:
  *   loadPrivateKey(pkcs8: Buffer) -> handle
  *   sign(handle, { padding, digest, mgf1Digest, saltLength }, data) -> Promise<Buffer>
  *   decrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
+ *   signNow(...), decryptNow(...): the same, returning the Buffer (or throwing)
  * padding: "pkcs1" | "pss" | "oaep" | "none" (for EC keys).
  */
 #include <stdlib.h>
@@ -254,7 +259,7 @@ static unsigned char *copy_bytes(const void *src, size_t len)
     return p;
 }
 
-static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind)
+static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind, int now)
 {
     size_t argc = 3;
     napi_value argv[3];
@@ -304,6 +309,22 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
     }
     job->pkey = pkey;
 
+    if (now) {
+        napi_value value = NULL;
+        execute(env, job);
+        if (job->error[0] != '\0') {
+            napi_value msg, err, code;
+            napi_create_string_utf8(env, job->error, NAPI_AUTO_LENGTH, &msg);
+            napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH, &code);
+            napi_create_error(env, code, msg, &err);
+            napi_throw(env, err);
+        } else if (napi_create_buffer_copy(env, job->out_len, job->out, NULL, &value) != napi_ok) {
+            value = addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+        }
+        job_free(job);
+        return value;
+    }
+
     napi_value promise, name;
     napi_create_string_utf8(env, kind == OP_SIGN ? "kmsbridge.sign" : "kmsbridge.decrypt", NAPI_AUTO_LENGTH, &name);
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
@@ -317,12 +338,22 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
 
 static napi_value sign(napi_env env, napi_callback_info info)
 {
-    return start(env, info, OP_SIGN);
+    return start(env, info, OP_SIGN, 0);
 }
 
 static napi_value decrypt(napi_env env, napi_callback_info info)
 {
-    return start(env, info, OP_DECRYPT);
+    return start(env, info, OP_DECRYPT, 0);
+}
+
+static napi_value sign_now(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_SIGN, 1);
+}
+
+static napi_value decrypt_now(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_DECRYPT, 1);
 }
 
 napi_status local_crypto_register(napi_env env, napi_value exports)
@@ -331,6 +362,8 @@ napi_status local_crypto_register(napi_env env, napi_value exports)
         {"loadPrivateKey", NULL, load_private_key, NULL, NULL, NULL, napi_default, NULL},
         {"sign", NULL, sign, NULL, NULL, NULL, napi_default, NULL},
         {"decrypt", NULL, decrypt, NULL, NULL, NULL, napi_default, NULL},
+        {"signNow", NULL, sign_now, NULL, NULL, NULL, napi_default, NULL},
+        {"decryptNow", NULL, decrypt_now, NULL, NULL, NULL, napi_default, NULL},
     };
     return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

@@ -10,10 +10,11 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { isMainThread } from 'node:worker_threads';
 import { ErrorCode, KmsError, badRequest, keyUnusable, notFound, unsupported } from '../errors.js';
 import type { KeyringConfig } from '../config.js';
 import { defaultLocalStore } from '../paths.js';
-import { native, type NativeKeyHandle } from '../native.js';
+import { native, type NativeKeyHandle, type NativeOpOptions } from '../native.js';
 import { DIGESTS, KEY_SPECS, type Curve, type DecryptRequest, type KeySpec, type KeyType, type SignRequest } from '../types.js';
 import type { Backend, BackendKeyDescription, BackendKeySummary, Progress } from './backend.js';
 
@@ -163,6 +164,20 @@ function readPassphrase(cfg: KeyringConfig): { passphrase: Buffer; origin: strin
   const env = process.env.KMSBRIDGE_LOCAL_PASSPHRASE;
   if (env !== undefined && env.length > 0) return { passphrase: Buffer.from(env, 'utf8'), origin: 'KMSBRIDGE_LOCAL_PASSPHRASE' };
   return undefined;
+}
+
+/**
+ * RSA private-key operations run on libuv's pool (one agent uses every core),
+ * except in the in-process KeyService worker: threads blocked in a kms: key
+ * operation may be pool threads themselves (a callback crypto.sign), and with
+ * all of them waiting for this worker, an operation queued to the pool would
+ * never run. There they run on the worker's own thread.
+ */
+function rsaOp(op: 'sign' | 'decrypt'): (handle: NativeKeyHandle, options: NativeOpOptions, data: Buffer) => Promise<Buffer> {
+  const addon = native();
+  if (isMainThread) return op === 'sign' ? addon.sign : addon.decrypt;
+  const now = op === 'sign' ? addon.signNow : addon.decryptNow;
+  return async (handle, options, data) => now(handle, options, data);
 }
 
 export class LocalBackend implements Backend {
@@ -327,15 +342,12 @@ export class LocalBackend implements Backend {
     const base = { ...(req.digest ? { digest: req.digest } : {}) };
     switch (req.algorithm) {
       case 'rsa-pkcs1':
-        return native().sign(key.handle, { padding: 'pkcs1', ...base }, req.data);
+        return rsaOp('sign')(key.handle, { padding: 'pkcs1', ...base }, req.data);
       case 'rsa-pss':
-        return native().sign(
-          key.handle,
-          { padding: 'pss', ...base, mgf1Digest: req.mgf1Digest ?? req.digest!, saltLength: req.saltLength! },
-          req.data,
-        );
+        return rsaOp('sign')(key.handle, { padding: 'pss', ...base, mgf1Digest: req.mgf1Digest ?? req.digest!, saltLength: req.saltLength! }, req.data);
       case 'ecdsa':
-        return native().sign(key.handle, { padding: 'none', ...base }, req.data);
+        // An ECDSA signature costs less than the trip to libuv's pool and back: sign here.
+        return native().signNow(key.handle, { padding: 'none', ...base }, req.data);
       case 'ed25519':
         return crypto.sign(null, req.data, key.keyObject);
     }
@@ -343,9 +355,9 @@ export class LocalBackend implements Backend {
 
   async decrypt(keyId: string, req: DecryptRequest): Promise<Buffer> {
     const key = await this.load(keyId);
-    if (req.algorithm === 'rsa-pkcs1-decrypt') return native().decrypt(key.handle, { padding: 'pkcs1' }, req.data);
+    if (req.algorithm === 'rsa-pkcs1-decrypt') return rsaOp('decrypt')(key.handle, { padding: 'pkcs1' }, req.data);
     const digest = req.digest ?? 'sha1';
-    return native().decrypt(
+    return rsaOp('decrypt')(
       key.handle,
       { padding: 'oaep', digest, mgf1Digest: req.mgf1Digest ?? digest, ...(req.label ? { label: req.label } : {}) },
       req.data,
