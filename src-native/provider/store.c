@@ -30,6 +30,12 @@ struct kb_store_ctx {
     int listing;
     int expect; /* OSSL_STORE_INFO_* or 0 */
     int done;
+    /*
+     * Listing: OSSL_STORE takes one object per load() call, so the names of
+     * one LIST reply are kept here and handed out one at a time.
+     */
+    struct kb_wire_msg *list;
+    size_t next; /* index of the next field of |list| to look at */
 };
 
 static void *kb_store_open(void *provctx, const char *uri)
@@ -114,21 +120,23 @@ static int load_key(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
     return ok;
 }
 
-static int list_keys(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
+/* Hands out the next key name of the keyring, asking the agent on the first call. */
+static int list_next(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
                      void *object_cbarg)
 {
-    struct kb_buf req = {0};
-    struct kb_wire_msg *reply = NULL;
-    int ok = 1;
-
-    kb_frame_begin(&req, 0, KB_MSG_LIST, 0);
-    kb_frame_str(&req, KB_TAG_KEYRING, ctx->keyring);
-    int called = kb_prov_call(ctx->prov, &req, ctx->uri, &reply);
-    kb_buf_free(&req);
-    if (!called)
-        return 0;
-    for (size_t i = 0; ok && i < reply->nfields; i++) {
-        const struct kb_wire_field *e = &reply->fields[i];
+    if (ctx->list == NULL) {
+        struct kb_buf req = {0};
+        kb_frame_begin(&req, 0, KB_MSG_LIST, 0);
+        kb_frame_str(&req, KB_TAG_KEYRING, ctx->keyring);
+        int called = kb_prov_call(ctx->prov, &req, ctx->uri, &ctx->list);
+        kb_buf_free(&req);
+        if (!called) {
+            ctx->done = 1;
+            return 0;
+        }
+    }
+    while (ctx->next < ctx->list->nfields) {
+        const struct kb_wire_field *e = &ctx->list->fields[ctx->next++];
         if (e->tag != KB_TAG_ENTRY)
             continue;
         char *uri =
@@ -141,11 +149,14 @@ static int list_keys(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
             OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA, uri, 0),
             OSSL_PARAM_END,
         };
-        ok = object_cb(params, object_cbarg);
+        int ok = object_cb(params, object_cbarg);
         free(uri);
+        if (ctx->next >= ctx->list->nfields)
+            ctx->done = 1;
+        return ok;
     }
-    kb_wire_msg_free(reply);
-    return ok;
+    ctx->done = 1;
+    return 1;
 }
 
 static int kb_store_load(void *loaderctx, OSSL_CALLBACK *object_cb,
@@ -158,12 +169,14 @@ static int kb_store_load(void *loaderctx, OSSL_CALLBACK *object_cb,
     (void)pw_cbarg;
     if (ctx->done)
         return 0;
-    ctx->done = 1;
     if (ctx->listing) {
-        if (ctx->expect != 0 && ctx->expect != OSSL_STORE_INFO_NAME)
+        if (ctx->expect != 0 && ctx->expect != OSSL_STORE_INFO_NAME) {
+            ctx->done = 1;
             return 1;
-        return list_keys(ctx, object_cb, object_cbarg);
+        }
+        return list_next(ctx, object_cb, object_cbarg);
     }
+    ctx->done = 1;
     if (ctx->expect != 0 && ctx->expect != OSSL_STORE_INFO_PKEY &&
         ctx->expect != OSSL_STORE_INFO_PUBKEY)
         return 1; /* we hold keys only: nothing of the expected kind */
@@ -180,6 +193,7 @@ static int kb_store_close(void *loaderctx)
     struct kb_store_ctx *ctx = loaderctx;
     if (ctx == NULL)
         return 1;
+    kb_wire_msg_free(ctx->list);
     free(ctx->uri);
     free(ctx->keyring);
     free(ctx);

@@ -32,9 +32,17 @@ function writeOut(text: string, out: string | undefined, mode: number): void {
   if (process.stderr.isTTY) process.stderr.write(`wrote ${out}\n`);
 }
 
-export function renderConf(template: 'openssl' | 'node' | 'engine', socket: string, timeoutMs: number): string {
+export function renderConf(template: 'openssl' | 'node' | 'engine', socket: string, timeoutMs: number, rand = false): string {
   const file = path.join(PACKAGE_ROOT, 'openssl-conf', `${template}.cnf.in`);
-  const values: Record<string, string> = { MODULE: providerModule(), SOCKET: socket, TIMEOUT_MS: String(timeoutMs) };
+  const values: Record<string, string> = {
+    MODULE: providerModule(),
+    SOCKET: socket,
+    TIMEOUT_MS: String(timeoutMs),
+    ENABLE_RAND: rand ? '1' : '0',
+    RANDOM_REF: rand ? 'random = kmsbridge_random' : '',
+    // Every random byte of every application using this file then comes from the key manager, through the agent.
+    RANDOM_SECTION: rand ? '\n[kmsbridge_random]\nrandom = KMSBRIDGE\nrandom_properties = provider=kmsbridge\n' : '',
+  };
   return fs.readFileSync(file, 'utf8').replace(/@([A-Z_]+)@/g, (m, k: string) => values[k] ?? m);
 }
 
@@ -43,12 +51,13 @@ export function confCommands(): Command[] {
     .description('write an openssl.cnf that loads the kmsbridge provider (for OPENSSL_CONF)')
     .option('--node', 'for Node.js (the nodejs_conf section) instead of OpenSSL applications')
     .addOption(new Option('--engine', 'load the legacy ENGINE kmsbridge instead (an [engine_section], for -engine kmsbridge)').conflicts('node'))
+    .addOption(new Option('--rand', 'draw every random byte from the key manager (audited; for chroots without /dev/urandom)').conflicts(['node', 'engine']))
     .option('-o, --out <file>', 'write to a file instead of stdout')
     .addOption(new Option('--request-timeout <ms>', 'per-request timeout of the provider or engine').default(30_000).argParser(Number))
-    .action((o: { node?: boolean; engine?: boolean; out?: string; requestTimeout: number }, cmd: Command) => {
+    .action((o: { node?: boolean; engine?: boolean; rand?: boolean; out?: string; requestTimeout: number }, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       const socket = path.resolve(g.socket ?? loadConfig(g.config).agent.socket);
-      writeOut(renderConf(o.engine ? 'engine' : o.node ? 'node' : 'openssl', socket, o.requestTimeout), o.out, 0o644);
+      writeOut(renderConf(o.engine ? 'engine' : o.node ? 'node' : 'openssl', socket, o.requestTimeout, Boolean(o.rand)), o.out, 0o644);
     });
 
   const keyref = new Command('keyref')
