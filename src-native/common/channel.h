@@ -58,6 +58,16 @@ int kb_channel_call(struct kb_channel *ch, struct kb_buf *req,
                     struct kb_err *err);
 
 /*
+ * The call the provider and the ENGINE make: finishes |req|, logs it as
+ * |who| ("provider", "engine"), calls, and on failure fills |err| with a
+ * message that names |uri| (may be NULL). Returns 1 only for a successful
+ * reply. |err->code| is a KB_STATUS_* or KB_ERR_* value.
+ */
+int kb_channel_call_for(struct kb_channel *ch, struct kb_buf *req,
+                        const char *who, const char *uri,
+                        struct kb_wire_msg **reply, struct kb_err *err);
+
+/*
  * A process-wide channel that replaces the agent channel for every provider
  * and ENGINE instance: the Node addon installs its N-API bridge (or an agent
  * channel to a socket the application chose) here. NULL: none.

@@ -22,6 +22,7 @@
  */
 #include "channel.h"
 #include "log.h"
+#include "names.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -578,18 +579,6 @@ void kb_agent_socket_path(char *buf, size_t len)
                  (unsigned long)getuid());
 }
 
-static unsigned env_timeout(void)
-{
-    const char *v = getenv("KMSBRIDGE_TIMEOUT_MS");
-    if (v == NULL || v[0] == '\0')
-        return 0;
-    char *end;
-    unsigned long t = strtoul(v, &end, 10);
-    if (*end != '\0' || t == 0 || t > 3600000UL)
-        return 0;
-    return (unsigned)t;
-}
-
 struct kb_channel *kb_agent_channel_new(const struct kb_agent_config *cfg)
 {
     struct agent_channel *ch = calloc(1, sizeof(*ch));
@@ -605,7 +594,7 @@ struct kb_channel *kb_agent_channel_new(const struct kb_agent_config *cfg)
                          : KB_AGENT_CONNECT_TIMEOUT_MS;
     ch->request_ms = cfg != NULL && cfg->request_timeout_ms != 0
                          ? cfg->request_timeout_ms
-                         : env_timeout();
+                         : kb_parse_ms(getenv("KMSBRIDGE_TIMEOUT_MS"));
     if (ch->request_ms == 0)
         ch->request_ms = KB_AGENT_REQUEST_TIMEOUT_MS;
     snprintf(ch->peer_name, sizeof(ch->peer_name), "%s",

@@ -19,6 +19,7 @@
  * the configuration, so one openssl.cnf serves several agents.
  */
 #include "engine.h"
+#include "names.h"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -86,17 +87,6 @@ int kb_eng_remote_pubkey(void)
            __atomic_load_n(&st.remote_pubkey, __ATOMIC_RELAXED);
 }
 
-static unsigned parse_ms(const char *v)
-{
-    if (v == NULL || v[0] == '\0')
-        return 0;
-    char *end;
-    unsigned long t = strtoul(v, &end, 10);
-    if (*end != '\0' || t == 0 || t > 3600000UL)
-        return 0;
-    return (unsigned)t;
-}
-
 static struct kb_channel *kb_eng_channel(void)
 {
     struct kb_channel *override = kb_channel_override();
@@ -115,7 +105,7 @@ static struct kb_channel *kb_eng_channel(void)
             st.socket_path[0] != '\0')
             cfg.socket_path = st.socket_path;
         cfg.connect_timeout_ms = st.connect_timeout_ms;
-        if (parse_ms(getenv("KMSBRIDGE_TIMEOUT_MS")) == 0)
+        if (kb_parse_ms(getenv("KMSBRIDGE_TIMEOUT_MS")) == 0)
             cfg.request_timeout_ms = st.timeout_ms;
         st.chan = kb_agent_channel_new(&cfg);
     }
@@ -127,33 +117,9 @@ static struct kb_channel *kb_eng_channel(void)
 int kb_eng_call(struct kb_buf *req, const char *uri, struct kb_wire_msg **reply)
 {
     struct kb_err err = {0, ""};
-    struct kb_channel *ch;
 
-    *reply = NULL;
-    if (!kb_frame_end(req)) {
-        kb_eng_raise(KB_R_INVALID_ARGUMENT,
-                     "request too large or out of memory%s%s",
-                     uri != NULL ? " for " : "", uri != NULL ? uri : "");
-        return 0;
-    }
-    ch = kb_eng_channel();
-    if (ch == NULL) {
-        kb_eng_raise(KB_R_NOMEM, "cannot create the agent channel");
-        return 0;
-    }
-    uint16_t type = (uint16_t)((req->data[8] << 8) | req->data[9]);
-    KB_LOG("engine -> %s %s (%zu bytes)", kb_wire_type_name(type),
-           uri != NULL ? uri : "", req->len);
-    if (kb_channel_call(ch, req, 0, reply, &err)) {
-        KB_LOG("engine <- %s_REPLY ok (%zu bytes)", kb_wire_type_name(type),
-               (*reply)->raw_len);
+    if (kb_channel_call_for(kb_eng_channel(), req, "engine", uri, reply, &err))
         return 1;
-    }
-    if (uri != NULL && strstr(err.msg, uri) == NULL &&
-        err.code < KB_ERR_NO_AGENT) {
-        size_t n = strlen(err.msg);
-        snprintf(err.msg + n, sizeof(err.msg) - n, " (%s)", uri);
-    }
     kb_eng_raise(err.code, "%s", err.msg);
     return 0;
 }

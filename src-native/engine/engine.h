@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "channel.h"
+#include "names.h"
 #include "wire.h"
 
 #define KB_ENGINE_ID "kmsbridge"
@@ -96,10 +97,6 @@ int kb_ekey_check_use(const struct kb_ekey *key, const char *alg,
 EVP_PKEY *kb_eng_load_privkey(ENGINE *e, const char *key_id,
                               UI_METHOD *ui_method, void *callback_data);
 
-/* Wire digest name ("sha256") of a digest NID, or NULL if unsupported. */
-const char *kb_md_nid_wire_name(int nid);
-/* Wire digest name of a digest of |len| bytes, or NULL. */
-const char *kb_md_wire_name_for_len(size_t len);
 
 /* ---- EVP_PKEY_METHODs: RSA (pkey_rsa.c) and Ed25519 (pkey_ed25519.c) ---- */
 

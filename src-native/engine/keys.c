@@ -14,6 +14,7 @@
  * tell our keys from everybody else's.
  */
 #include "engine.h"
+#include "names.h"
 
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -141,65 +142,10 @@ const struct kb_ekey *kb_ekey_of_pkey(const EVP_PKEY *pkey)
     return EVP_PKEY_get_ex_data((EVP_PKEY *)pkey, pkey_idx);
 }
 
-const char *kb_md_nid_wire_name(int nid)
-{
-    switch (nid) {
-    case NID_sha1:
-        return "sha1";
-    case NID_sha224:
-        return "sha224";
-    case NID_sha256:
-        return "sha256";
-    case NID_sha384:
-        return "sha384";
-    case NID_sha512:
-        return "sha512";
-    default:
-        return NULL;
-    }
-}
-
-const char *kb_md_wire_name_for_len(size_t len)
-{
-    switch (len) {
-    case 20:
-        return "sha1";
-    case 28:
-        return "sha224";
-    case 32:
-        return "sha256";
-    case 48:
-        return "sha384";
-    case 64:
-        return "sha512";
-    default:
-        return NULL;
-    }
-}
-
-/* 1 if the comma-separated |list| contains |word|. */
-static int list_has(const char *list, const char *word)
-{
-    size_t n = strlen(word);
-
-    for (const char *p = list; p != NULL && *p != '\0';) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = strchr(p, ',');
-        const char *t = e != NULL ? e : p + strlen(p);
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((size_t)(t - p) == n && strncmp(p, word, n) == 0)
-            return 1;
-        p = e;
-    }
-    return 0;
-}
-
 int kb_ekey_check_use(const struct kb_ekey *key, const char *alg,
                       const char *digest)
 {
-    if (key->algorithms != NULL && !list_has(key->algorithms, alg)) {
+    if (key->algorithms != NULL && !kb_list_has(key->algorithms, alg)) {
         kb_eng_raise(KB_R_UNSUPPORTED,
                      "key %s does not allow %s (it allows: %s)", key->uri, alg,
                      key->algorithms);

@@ -5,6 +5,7 @@
  */
 #include "errors.h"
 #include "log.h"
+#include "names.h"
 #include "provider.h"
 
 #include <openssl/obj_mac.h>
@@ -76,29 +77,6 @@ const char *kb_key_type_name(enum kb_key_type type)
     return "?";
 }
 
-int kb_list_has(const char *list, const char *word)
-{
-    size_t n = strlen(word);
-    const char *p = list;
-
-    if (list == NULL)
-        return 0;
-    while (*p != '\0') {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e != '\0' && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((size_t)(t - p) == n && strncmp(p, word, n) == 0)
-            return 1;
-        p = e;
-    }
-    return 0;
-}
-
 const char *kb_md_wire_name(const EVP_MD *md)
 {
     static const struct {
@@ -115,20 +93,9 @@ const char *kb_md_wire_name(const EVP_MD *md)
      * map under a lock, which cost more than a sixth of the provider's own
      * work per signature (callgrind, docs/bench/latest.md).
      */
-    switch (EVP_MD_get_type(md)) {
-    case NID_sha1:
-        return "sha1";
-    case NID_sha224:
-        return "sha224";
-    case NID_sha256:
-        return "sha256";
-    case NID_sha384:
-        return "sha384";
-    case NID_sha512:
-        return "sha512";
-    default:
-        break;
-    }
+    const char *wire = kb_md_nid_wire_name(EVP_MD_get_type(md));
+    if (wire != NULL)
+        return wire;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (EVP_MD_is_a(md, names[i].ossl))
             return names[i].wire;

@@ -198,17 +198,6 @@ static const OSSL_DISPATCH kb_provider_functions[] = {
     {0, NULL},
 };
 
-static unsigned parse_ms(const char *v)
-{
-    if (v == NULL || v[0] == '\0')
-        return 0;
-    char *end;
-    unsigned long t = strtoul(v, &end, 10);
-    if (*end != '\0' || t == 0 || t > 3600000UL)
-        return 0;
-    return (unsigned)t;
-}
-
 static int parse_bool(const char *v)
 {
     return v != NULL &&
@@ -240,8 +229,8 @@ static void read_config(struct kb_prov *prov, const OSSL_DISPATCH *in)
         return;
     if (sock != NULL)
         snprintf(prov->socket_path, sizeof(prov->socket_path), "%s", sock);
-    prov->timeout_ms = parse_ms(timeout);
-    prov->connect_timeout_ms = parse_ms(ctimeout);
+    prov->timeout_ms = kb_parse_ms(timeout);
+    prov->connect_timeout_ms = kb_parse_ms(ctimeout);
     prov->enable_rand = parse_bool(rand);
     KB_LOG("provider %s loaded into OpenSSL %s (built against %s); "
            "config: agent_socket=%s timeout_ms=%u connect_timeout_ms=%u "
@@ -270,7 +259,7 @@ static struct kb_channel *kb_prov_channel(struct kb_prov *prov)
             prov->socket_path[0] != '\0')
             cfg.socket_path = prov->socket_path;
         cfg.connect_timeout_ms = prov->connect_timeout_ms;
-        if (parse_ms(env_timeout) == 0)
+        if (kb_parse_ms(env_timeout) == 0)
             cfg.request_timeout_ms = prov->timeout_ms;
         prov->chan = kb_agent_channel_new(&cfg);
     }
@@ -283,33 +272,10 @@ int kb_prov_call(struct kb_prov *prov, struct kb_buf *req, const char *uri,
                  struct kb_wire_msg **reply)
 {
     struct kb_err err = {0, ""};
-    struct kb_channel *ch;
 
-    *reply = NULL;
-    if (!kb_frame_end(req)) {
-        kb_raise(prov, KB_R_INVALID_ARGUMENT,
-                 "request too large or out of memory%s%s",
-                 uri != NULL ? " for " : "", uri != NULL ? uri : "");
-        return 0;
-    }
-    ch = kb_prov_channel(prov);
-    if (ch == NULL) {
-        kb_raise(prov, KB_R_NOMEM, "cannot create the agent channel");
-        return 0;
-    }
-    uint16_t type = (uint16_t)((req->data[8] << 8) | req->data[9]);
-    KB_LOG("-> %s %s (%zu bytes)", kb_wire_type_name(type),
-           uri != NULL ? uri : "", req->len);
-    if (kb_channel_call(ch, req, 0, reply, &err)) {
-        KB_LOG("<- %s_REPLY ok (%zu bytes)", kb_wire_type_name(type),
-               (*reply)->raw_len);
+    if (kb_channel_call_for(kb_prov_channel(prov), req, "provider", uri, reply,
+                            &err))
         return 1;
-    }
-    if (uri != NULL && strstr(err.msg, uri) == NULL &&
-        err.code < KB_ERR_NO_AGENT) {
-        size_t n = strlen(err.msg);
-        snprintf(err.msg + n, sizeof(err.msg) - n, " (%s)", uri);
-    }
     kb_raise_err(prov, &err);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include "channel.h"
+#include "names.h"
 #include "wire.h"
 
 #define KB_PROVIDER_NAME "kmsbridge"
@@ -73,8 +74,6 @@ struct kb_key *kb_key_from_reply(struct kb_prov *prov,
 /* Sets the public half from a SubjectPublicKeyInfo. */
 int kb_key_set_public(struct kb_key *key, const unsigned char *spki,
                       size_t len);
-/* 1 if the comma-separated |list| contains |word|. */
-int kb_list_has(const char *list, const char *word);
 /* OpenSSL keymgmt name of a key type: "RSA", "EC", "ED25519". */
 const char *kb_key_type_name(enum kb_key_type type);
 /* Wire digest name ("sha256") of a digest, or NULL if not supported. */

@@ -8,6 +8,7 @@
  */
 #include "errors.h"
 #include "log.h"
+#include "names.h"
 #include "provider.h"
 
 #include <openssl/rsa.h>
@@ -295,34 +296,6 @@ static const OSSL_PARAM *kb_ed25519_sig_settable(void *vctx, void *provctx)
     return kb_none;
 }
 
-/* Digest of a given size, for sign-over-digest without a digest set. */
-static const char *wire_md_for_len(size_t len)
-{
-    switch (len) {
-    case 20:
-        return "sha1";
-    case 28:
-        return "sha224";
-    case 32:
-        return "sha256";
-    case 48:
-        return "sha384";
-    case 64:
-        return "sha512";
-    default:
-        return NULL;
-    }
-}
-
-static size_t wire_md_size(const char *wire)
-{
-    static const size_t sizes[] = {20, 28, 32, 48, 64};
-    for (size_t i = 0; i < 5; i++)
-        if (strcmp(wire_md_for_len(sizes[i]), wire) == 0)
-            return sizes[i];
-    return 0;
-}
-
 /* The PSS salt length in bytes; raises if the key manager cannot do it. */
 static int resolve_saltlen(struct kb_sig_ctx *ctx, size_t mdsize, int *out)
 {
@@ -453,7 +426,7 @@ static size_t algorithm_id(struct kb_sig_ctx *ctx, unsigned char *out)
     /* RSASSA-PSS-params: defaults (SHA-1, MGF1-SHA-1, salt 20) omitted */
     const char *mgf1 = ctx->mgf1 != NULL ? kb_md_wire_name(ctx->mgf1) : md;
     int salt;
-    if (!resolve_saltlen(ctx, wire_md_size(md), &salt))
+    if (!resolve_saltlen(ctx, kb_md_wire_size(md), &salt))
         return 0;
     size_t pn = 0;
     if (strcmp(md, "sha1") != 0) {
@@ -663,14 +636,14 @@ static int do_sign(struct kb_sig_ctx *ctx, unsigned char *sig, size_t *siglen,
     case KB_KEY_RSA:
         if (ctx->pad == RSA_PKCS1_PSS_PADDING) {
             alg = "rsa-pss";
-            if (digest == NULL && (digest = wire_md_for_len(tbslen)) == NULL) {
+            if (digest == NULL && (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
                 kb_raise(ctx->prov, KB_R_INVALID_ARGUMENT,
                          "PSS needs a digest; %zu bytes is no digest's size",
                          tbslen);
                 return 0;
             }
             mgf1 = ctx->mgf1 != NULL ? kb_md_wire_name(ctx->mgf1) : digest;
-            if (!resolve_saltlen(ctx, wire_md_size(digest), &salt))
+            if (!resolve_saltlen(ctx, kb_md_wire_size(digest), &salt))
                 return 0;
         } else {
             alg = "rsa-pkcs1";
@@ -678,7 +651,7 @@ static int do_sign(struct kb_sig_ctx *ctx, unsigned char *sig, size_t *siglen,
         break;
     case KB_KEY_EC:
         alg = "ecdsa";
-        if (digest == NULL && (digest = wire_md_for_len(tbslen)) == NULL) {
+        if (digest == NULL && (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
             kb_raise(ctx->prov, KB_R_INVALID_ARGUMENT,
                      "ECDSA signs a digest; %zu bytes is no digest's size",
                      tbslen);
