@@ -21,6 +21,7 @@
  * the key's own usage flags allow.
  */
 import crypto from 'node:crypto';
+import { isMainThread } from 'node:worker_threads';
 import type { ECDH1, Mechanism, RsaOAEP, RsaPSS, Template } from 'pkcs11js';
 import { ErrorCode, KmsError, badRequest, keyUnusable, notFound, unsupported } from '../errors.js';
 import type { KeyringConfig } from '../config.js';
@@ -82,6 +83,17 @@ interface CachedKey {
   key: TokenKey;
   /** The token generation it was found in: after a reset, handles are looked up again. */
   gen: number;
+}
+
+/**
+ * Whether a slow token call may go to libuv's thread pool. In the agent (the
+ * main thread) it may, so one slow HSM does not stall the others. In the
+ * in-process worker it must not: the application's own async crypto calls on
+ * kms: keys can hold every pool thread while they wait for this worker, and a
+ * call queued behind them would never run.
+ */
+function onPool(s: { threadSafe: boolean }): boolean {
+  return s.threadSafe && isMainThread;
 }
 
 export class Pkcs11Backend implements Backend {
@@ -250,7 +262,7 @@ export class Pkcs11Backend implements Backend {
         s.opActive = true;
         this.authenticate(s, k);
         const out = Buffer.alloc(outLen + 16);
-        const sig = s.threadSafe ? await s.lib.C_SignAsync(s.handle, data, out) : s.lib.C_Sign(s.handle, data, out);
+        const sig = onPool(s) ? await s.lib.C_SignAsync(s.handle, data, out) : s.lib.C_Sign(s.handle, data, out);
         s.opActive = false;
         return req.algorithm === 'ecdsa' ? ecdsaSignatureToDer(sig) : Buffer.from(sig);
       },
@@ -298,7 +310,7 @@ export class Pkcs11Backend implements Backend {
         s.opActive = true;
         this.authenticate(s, k);
         const out = Buffer.alloc(k.modulus!.length);
-        const plain = s.threadSafe ? await s.lib.C_DecryptAsync(s.handle, req.data, out) : s.lib.C_Decrypt(s.handle, req.data, out);
+        const plain = onPool(s) ? await s.lib.C_DecryptAsync(s.handle, req.data, out) : s.lib.C_Decrypt(s.handle, req.data, out);
         s.opActive = false;
         return Buffer.from(plain);
       },
@@ -327,7 +339,7 @@ export class Pkcs11Backend implements Backend {
         ];
         const parameter: ECDH1 = { type: C.CK_PARAMS_EC_DH, kdf: C.CKD_NULL, publicData: point };
         const mech: Mechanism = { mechanism: C.CKM_ECDH1_DERIVE, parameter };
-        const secret = s.threadSafe ? await s.lib.C_DeriveKeyAsync(s.handle, mech, k.handle, template) : s.lib.C_DeriveKey(s.handle, mech, k.handle, template);
+        const secret = onPool(s) ? await s.lib.C_DeriveKeyAsync(s.handle, mech, k.handle, template) : s.lib.C_DeriveKey(s.handle, mech, k.handle, template);
         try {
           const [v] = s.lib.C_GetAttributeValue(s.handle, secret, [{ type: C.CKA_VALUE }]);
           if (!v?.value) throw new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${this.token.name} did not return the shared secret`);
@@ -397,7 +409,7 @@ export class Pkcs11Backend implements Backend {
           : [{ type: C.CKA_EC_PARAMS, value: params! }]),
       ];
       const generate = (params?: Buffer) =>
-        s.threadSafe
+        onPool(s)
           ? s.lib.C_GenerateKeyPairAsync(s.handle, { mechanism: g.mech }, pub(params), priv)
           : Promise.resolve(s.lib.C_GenerateKeyPair(s.handle, { mechanism: g.mech }, pub(params), priv));
       if (isRsa) await generate();
