@@ -10,6 +10,7 @@ export enum ErrorCode {
   ALREADY_EXISTS = 8,
   KEY_UNUSABLE = 9,
   THROTTLED = 10,
+  BAD_SIGNATURE = 11,
 }
 
 export type ErrorName = keyof typeof ErrorCode;

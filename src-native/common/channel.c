@@ -29,7 +29,7 @@ int kb_channel_call(struct kb_channel *ch, struct kb_buf *req,
         return 1;
     char *m = kb_wire_get_str(*reply, KB_TAG_MESSAGE);
     kb_err_set(err,
-               (*reply)->status <= KB_STATUS_THROTTLED ? (*reply)->status
+               (*reply)->status <= KB_STATUS_BAD_SIGNATURE ? (*reply)->status
                                                        : KB_STATUS_INTERNAL,
                "%s", m != NULL ? m : kb_wire_status_name((*reply)->status));
     free(m);

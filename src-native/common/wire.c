@@ -37,6 +37,7 @@ static const struct tag_info tags[] = {
     {KB_TAG_DATA, "DATA", KB_KIND_BYTES},
     {KB_TAG_PEER_KEY, "PEER_KEY", KB_KIND_BYTES},
     {KB_TAG_LENGTH, "LENGTH", KB_KIND_U32},
+    {KB_TAG_SIGNATURE, "SIGNATURE", KB_KIND_BYTES},
     {KB_TAG_RESULT, "RESULT", KB_KIND_BYTES},
     {KB_TAG_ENTRY, "ENTRY", KB_KIND_NESTED},
     {KB_TAG_MESSAGE, "MESSAGE", KB_KIND_STRING},
@@ -79,6 +80,10 @@ const char *kb_wire_type_name(uint16_t type)
         return "DERIVE";
     case KB_MSG_RANDOM:
         return "RANDOM";
+    case KB_MSG_VERIFY:
+        return "VERIFY";
+    case KB_MSG_ENCRYPT:
+        return "ENCRYPT";
     case KB_MSG_CREATE:
         return "CREATE";
     case KB_MSG_LIST:
@@ -104,6 +109,7 @@ const char *kb_wire_status_name(uint16_t status)
         "ALREADY_EXISTS",
         "KEY_UNUSABLE",
         "THROTTLED",
+        "BAD_SIGNATURE",
     };
     if (status < sizeof(names) / sizeof(names[0]))
         return names[status];

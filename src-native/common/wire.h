@@ -45,6 +45,7 @@ enum kb_tag {
     KB_TAG_DATA = 0x0035,
     KB_TAG_PEER_KEY = 0x0036,
     KB_TAG_LENGTH = 0x0037,
+    KB_TAG_SIGNATURE = 0x0038,
     KB_TAG_RESULT = 0x0040,
     KB_TAG_ENTRY = 0x0050,
     KB_TAG_MESSAGE = 0x0060,
@@ -67,6 +68,8 @@ enum kb_msg_type {
     KB_MSG_DECRYPT = 0x0012,
     KB_MSG_DERIVE = 0x0013,
     KB_MSG_RANDOM = 0x0014,
+    KB_MSG_VERIFY = 0x0015,
+    KB_MSG_ENCRYPT = 0x0016,
     KB_MSG_CREATE = 0x0020,
     KB_MSG_LIST = 0x0021,
     KB_MSG_DELETE = 0x0022,
@@ -84,6 +87,7 @@ enum kb_status {
     KB_STATUS_ALREADY_EXISTS = 8,
     KB_STATUS_KEY_UNUSABLE = 9,
     KB_STATUS_THROTTLED = 10,
+    KB_STATUS_BAD_SIGNATURE = 11,
 };
 
 /* Kind of a known tag, KB_KIND_UNKNOWN otherwise. */

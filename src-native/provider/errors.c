@@ -21,6 +21,7 @@ static const OSSL_ITEM reason_strings[] = {
     {KB_R_ALREADY_EXISTS, "key already exists"},
     {KB_R_KEY_UNUSABLE, "key unusable"},
     {KB_R_THROTTLED, "key manager throttled the request"},
+    {KB_R_BAD_SIGNATURE, "signature does not verify"},
     {KB_R_NO_AGENT, "agent not running"},
     {KB_R_AGENT_IO, "agent connection broken"},
     {KB_R_PROTOCOL, "agent protocol error"},

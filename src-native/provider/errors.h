@@ -1,5 +1,5 @@
 /*
- * The provider's reason codes. Codes 1..10 mirror the wire status codes so
+ * The provider's reason codes. Codes 1..11 mirror the wire status codes so
  * an error reply maps to its reason directly; the rest are local.
  */
 #ifndef KMSBRIDGE_ERRORS_H
@@ -23,6 +23,7 @@ enum kb_reason {
     KB_R_ALREADY_EXISTS = 8,
     KB_R_KEY_UNUSABLE = 9,
     KB_R_THROTTLED = 10,
+    KB_R_BAD_SIGNATURE = 11,
     KB_R_NO_AGENT = 100,
     KB_R_AGENT_IO = 101,
     KB_R_PROTOCOL = 102,

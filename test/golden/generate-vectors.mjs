@@ -39,6 +39,17 @@ const valid = [
   }],
   ['delete', 'DELETE a key', { id: 13, type: M.DELETE, status: 0, fields: [[T.URI, 'kms:local/old']] }],
   ['error-not-found', 'an error reply: NOT_FOUND with its message', { id: 14, type: M.SIGN | R, status: 1, fields: [[T.MESSAGE, "key 'nope' not found in keyring 'local'"]] }],
+  ['verify-rsa-pss', 'VERIFY an RSA-PSS signature over a SHA-256 digest (audit mode of the ENGINE)', {
+    id: 17, type: M.VERIFY, status: 0,
+    fields: [[T.URI, 'kms:local/rsa'], [T.ALGORITHM, 'rsa-pss'], [T.DIGEST, 'sha256'], [T.MGF1_DIGEST, 'sha256'], [T.SALT_LENGTH, 32], [T.DATA, digest], [T.SIGNATURE, h('0102030405060708')]],
+  }],
+  ['verify-reply', 'the empty reply to VERIFY: the signature is valid', { id: 17, type: M.VERIFY | R, status: 0, fields: [] }],
+  ['error-bad-signature', 'an error reply: BAD_SIGNATURE, the signature does not verify', { id: 18, type: M.VERIFY | R, status: 11, fields: [[T.MESSAGE, 'signature does not verify with kms:local/rsa']] }],
+  ['encrypt-oaep', 'ENCRYPT with RSA-OAEP SHA-256 and a label: DATA is the plaintext', {
+    id: 19, type: M.ENCRYPT, status: 0,
+    fields: [[T.URI, 'kms:local/rsa'], [T.ALGORITHM, 'rsa-oaep'], [T.DIGEST, 'sha256'], [T.LABEL, Buffer.from('label')], [T.DATA, Buffer.from('secret')]],
+  }],
+  ['encrypt-reply', 'the ciphertext', { id: 19, type: M.ENCRYPT | R, status: 0, fields: [[T.RESULT, h('ab'.repeat(16))]] }],
   ['string-escapes', 'strings with a quote, a backslash and non-ASCII text are escaped in the dump', { id: 15, type: M.DESCRIBE, status: 0, fields: [[T.URI, 'kms:local/a"b\\c\u00e9']] }],
   ['max-id', 'the largest request id', { id: 0xffffffff, type: M.PING, status: 0, fields: [] }],
 ];
