@@ -20,6 +20,14 @@ export interface NativeAddon {
   /** sign and decrypt on the calling thread instead of libuv's pool. */
   signNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
   decryptNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
+  /** A public key (SubjectPublicKeyInfo DER) for verify and encrypt. */
+  loadPublicKey(spki: Buffer): NativeKeyHandle;
+  /** Whether |signature| is valid over |data| (a digest; the message for Ed25519). A malformed signature is false. */
+  verify(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer, signature: Buffer): Promise<boolean>;
+  encrypt(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
+  /** verify and encrypt on the calling thread instead of libuv's pool. */
+  verifyNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer, signature: Buffer): boolean;
+  encryptNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
   /** The N-API bridge: the worker binds its request handler and answers each request. */
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;

@@ -1,6 +1,7 @@
 /*
- * Private-key operations over a digest computed by the caller, for the local
- * backend of the KeyService. node:crypto always hashes its input (it has no
+ * Key operations over a digest computed by the caller: private-key ones for
+ * the local backend of the KeyService, public-key ones (verify, encrypt) for
+ * the KeyService's VERIFY and ENCRYPT with any backend's public key. node:crypto always hashes its input (it has no
  * "sign this digest" for ECDSA or RSA-PSS) and Node 20 refuses PKCS#1 v1.5
  * decryption, so the KeyService hands decrypted keys to these functions.
  * They run on the libuv thread pool so one agent uses every core; the *Now
@@ -14,7 +15,13 @@
  *   sign(handle, { padding, digest, mgf1Digest, saltLength }, data) -> Promise<Buffer>
  *   decrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
  *   signNow(...), decryptNow(...): the same, returning the Buffer (or throwing)
- * padding: "pkcs1" | "pss" | "oaep" | "none" (for EC keys).
+ *   loadPublicKey(spki: Buffer) -> handle
+ *   verify(handle, { padding, digest, mgf1Digest, saltLength }, data, sig) -> Promise<boolean>
+ *   encrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
+ *   verifyNow(...), encryptNow(...): the same on the calling thread
+ * padding: "pkcs1" | "pss" | "oaep" | "none" (for EC and Ed25519 keys).
+ * verify of an Ed25519 key takes the whole message (no digest). A signature
+ * that does not verify, malformed ones included, is false, not an error.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +29,11 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 
 #include "addon.h"
 
-enum op_kind { OP_SIGN, OP_DECRYPT };
+enum op_kind { OP_SIGN, OP_DECRYPT, OP_VERIFY, OP_ENCRYPT };
 enum padding { PAD_NONE, PAD_PKCS1, PAD_PSS, PAD_OAEP };
 
 struct job {
@@ -43,8 +51,13 @@ struct job {
     size_t in_len;
     unsigned char *out;
     size_t out_len;
-    char error[256];
+    unsigned char *sig; /* OP_VERIFY: the signature to check */
+    size_t sig_len;
+    int verified; /* OP_VERIFY: 1 if the signature is valid */
+    char error[320];
 };
+
+static const char *const op_names[] = {"sign", "decrypt", "verify", "encrypt"};
 
 static const struct {
     const char *ours;
@@ -98,6 +111,31 @@ static napi_value load_private_key(napi_env env, napi_callback_info info)
     return handle;
 }
 
+static napi_value load_public_key(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    void *der = NULL;
+    size_t der_len = 0;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+        napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG", "loadPublicKey: expected a SubjectPublicKeyInfo DER buffer");
+
+    const unsigned char *p = der;
+    EVP_PKEY *pkey = d2i_PUBKEY(NULL, &p, (long)der_len);
+    if (pkey == NULL || p != (const unsigned char *)der + der_len) {
+        EVP_PKEY_free(pkey);
+        ERR_clear_error();
+        return addon_throw(env, "ERR_KEY_DECODE", "loadPublicKey: not a SubjectPublicKeyInfo");
+    }
+    napi_value handle;
+    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) != napi_ok) {
+        EVP_PKEY_free(pkey);
+        return NULL;
+    }
+    return handle;
+}
+
 /* Reads an optional string property into buf; returns 0 if absent, 1 if read, -1 on error. */
 static int get_string_prop(napi_env env, napi_value obj, const char *name, char *buf, size_t size)
 {
@@ -135,6 +173,7 @@ static void job_free(struct job *job)
     EVP_PKEY_free(job->pkey);
     OPENSSL_clear_free(job->in, job->in_len);
     OPENSSL_clear_free(job->out, job->out_len);
+    OPENSSL_free(job->sig);
     OPENSSL_free(job->label);
     free(job);
 }
@@ -168,7 +207,8 @@ static int set_rsa_params(struct job *job, EVP_PKEY_CTX *ctx)
         break;
     case PAD_PKCS1:
         ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
-             (md == NULL || job->kind != OP_SIGN || EVP_PKEY_CTX_set_signature_md(ctx, md) > 0);
+             (md == NULL || job->kind == OP_DECRYPT || job->kind == OP_ENCRYPT ||
+              EVP_PKEY_CTX_set_signature_md(ctx, md) > 0);
         break;
     case PAD_PSS:
         ok = md != NULL && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
@@ -194,25 +234,80 @@ done:
     return ok;
 }
 
+/* Ed25519 has no EVP_PKEY_verify: a one-shot DigestVerify over the message. */
+static void verify_ed25519(struct job *job)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md == NULL || EVP_DigestVerifyInit_ex(md, NULL, NULL, NULL, NULL, job->pkey, NULL) <= 0)
+        set_error(job, "verify init failed");
+    else
+        job->verified = EVP_DigestVerify(md, job->sig, job->sig_len, job->in, job->in_len) == 1;
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+}
+
+static int op_init(struct job *job, EVP_PKEY_CTX *ctx)
+{
+    switch (job->kind) {
+    case OP_SIGN:
+        return EVP_PKEY_sign_init(ctx);
+    case OP_DECRYPT:
+        return EVP_PKEY_decrypt_init(ctx);
+    case OP_VERIFY:
+        return EVP_PKEY_verify_init(ctx);
+    case OP_ENCRYPT:
+        return EVP_PKEY_encrypt_init(ctx);
+    }
+    return 0;
+}
+
+/* sign, decrypt or encrypt: |out| NULL asks for the output size */
+static int op_run(struct job *job, EVP_PKEY_CTX *ctx, unsigned char *out, size_t *len)
+{
+    switch (job->kind) {
+    case OP_SIGN:
+        return EVP_PKEY_sign(ctx, out, len, job->in, job->in_len);
+    case OP_DECRYPT:
+        return EVP_PKEY_decrypt(ctx, out, len, job->in, job->in_len);
+    case OP_ENCRYPT:
+        return EVP_PKEY_encrypt(ctx, out, len, job->in, job->in_len);
+    case OP_VERIFY:
+        break;
+    }
+    return 0;
+}
+
 static void execute(napi_env env, void *data)
 {
     (void)env;
     struct job *job = data;
+    const char *op = op_names[job->kind];
+    char what[64];
+
+    if (job->kind == OP_VERIFY && EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519) {
+        verify_ed25519(job);
+        return;
+    }
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, job->pkey, NULL);
     size_t len = 0;
-    int is_sign = job->kind == OP_SIGN;
 
-    if (ctx == NULL || (is_sign ? EVP_PKEY_sign_init(ctx) : EVP_PKEY_decrypt_init(ctx)) <= 0) {
-        set_error(job, is_sign ? "sign init failed" : "decrypt init failed");
+    if (ctx == NULL || op_init(job, ctx) <= 0) {
+        snprintf(what, sizeof(what), "%s init failed", op);
+        set_error(job, what);
         goto done;
     }
     if (!set_rsa_params(job, ctx)) {
         set_error(job, "parameters not accepted");
         goto done;
     }
-    if ((is_sign ? EVP_PKEY_sign(ctx, NULL, &len, job->in, job->in_len)
-                 : EVP_PKEY_decrypt(ctx, NULL, &len, job->in, job->in_len)) <= 0) {
-        set_error(job, is_sign ? "sign failed" : "decrypt failed");
+    if (job->kind == OP_VERIFY) {
+        /* 0 or less: a bad or malformed signature; either way it does not verify */
+        job->verified = EVP_PKEY_verify(ctx, job->sig, job->sig_len, job->in, job->in_len) == 1;
+        goto done;
+    }
+    snprintf(what, sizeof(what), "%s failed", op);
+    if (op_run(job, ctx, NULL, &len) <= 0) {
+        set_error(job, what);
         goto done;
     }
     job->out = OPENSSL_malloc(len > 0 ? len : 1);
@@ -221,9 +316,8 @@ static void execute(napi_env env, void *data)
         goto done;
     }
     job->out_len = len;
-    if ((is_sign ? EVP_PKEY_sign(ctx, job->out, &len, job->in, job->in_len)
-                 : EVP_PKEY_decrypt(ctx, job->out, &len, job->in, job->in_len)) <= 0) {
-        set_error(job, is_sign ? "sign failed" : "decrypt failed");
+    if (op_run(job, ctx, job->out, &len) <= 0) {
+        set_error(job, what);
         goto done;
     }
     job->out_len = len;
@@ -232,12 +326,19 @@ done:
     ERR_clear_error();
 }
 
+/* The job's result: a Buffer, or for OP_VERIFY a boolean. */
+static napi_status result_value(napi_env env, struct job *job, napi_value *value)
+{
+    if (job->kind == OP_VERIFY)
+        return napi_get_boolean(env, job->verified != 0, value);
+    return napi_create_buffer_copy(env, job->out_len, job->out, NULL, value);
+}
+
 static void complete(napi_env env, napi_status status, void *data)
 {
     struct job *job = data;
     napi_value value;
-    if (status == napi_ok && job->error[0] == '\0' &&
-        napi_create_buffer_copy(env, job->out_len, job->out, NULL, &value) == napi_ok) {
+    if (status == napi_ok && job->error[0] == '\0' && result_value(env, job, &value) == napi_ok) {
         napi_resolve_deferred(env, job->deferred, value);
     } else {
         napi_value msg, err, code;
@@ -261,24 +362,27 @@ static unsigned char *copy_bytes(const void *src, size_t len)
 
 static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind, int now)
 {
-    size_t argc = 3;
-    napi_value argv[3];
+    size_t argc = 4;
+    napi_value argv[4];
     EVP_PKEY *pkey = NULL;
-    void *in = NULL;
-    size_t in_len = 0;
+    void *in = NULL, *sig = NULL;
+    size_t in_len = 0, sig_len = 0;
     char padding[16] = "";
-    const char *usage = kind == OP_SIGN ? "sign(handle, options, data)" : "decrypt(handle, options, data)";
+    char usage[64];
 
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+    snprintf(usage, sizeof(usage), "%s(handle, options, data%s)", op_names[kind], kind == OP_VERIFY ? ", signature" : "");
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (kind == OP_VERIFY ? 4u : 3u) ||
         napi_get_value_external(env, argv[0], (void **)&pkey) != napi_ok || pkey == NULL ||
-        napi_get_buffer_info(env, argv[2], &in, &in_len) != napi_ok)
+        napi_get_buffer_info(env, argv[2], &in, &in_len) != napi_ok ||
+        (kind == OP_VERIFY && napi_get_buffer_info(env, argv[3], &sig, &sig_len) != napi_ok))
         return addon_throw(env, "ERR_INVALID_ARG", usage);
 
     struct job *job = calloc(1, sizeof(*job));
     if (job == NULL)
         return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
     job->kind = kind;
-    job->salt_length = -1;
+    /* signing defaults to a digest-long salt; verifying recovers any */
+    job->salt_length = kind == OP_VERIFY ? RSA_PSS_SALTLEN_AUTO : RSA_PSS_SALTLEN_DIGEST;
     if (get_string_prop(env, argv[1], "padding", padding, sizeof(padding)) != 1 ||
         !parse_padding(padding, &job->padding) ||
         get_string_prop(env, argv[1], "digest", job->digest, sizeof(job->digest)) < 0 ||
@@ -303,7 +407,12 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
     }
     job->in = copy_bytes(in, in_len);
     job->in_len = in_len;
-    if (job->in == NULL || (job->label_len > 0 && job->label == NULL) || !EVP_PKEY_up_ref(pkey)) {
+    if (kind == OP_VERIFY) {
+        job->sig = copy_bytes(sig, sig_len);
+        job->sig_len = sig_len;
+    }
+    if (job->in == NULL || (kind == OP_VERIFY && job->sig == NULL) || (job->label_len > 0 && job->label == NULL) ||
+        !EVP_PKEY_up_ref(pkey)) {
         job_free(job);
         return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
     }
@@ -318,7 +427,7 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
             napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH, &code);
             napi_create_error(env, code, msg, &err);
             napi_throw(env, err);
-        } else if (napi_create_buffer_copy(env, job->out_len, job->out, NULL, &value) != napi_ok) {
+        } else if (result_value(env, job, &value) != napi_ok) {
             value = addon_throw(env, "ERR_NO_MEMORY", "out of memory");
         }
         job_free(job);
@@ -326,7 +435,9 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
     }
 
     napi_value promise, name;
-    napi_create_string_utf8(env, kind == OP_SIGN ? "kmsbridge.sign" : "kmsbridge.decrypt", NAPI_AUTO_LENGTH, &name);
+    char resource[32];
+    snprintf(resource, sizeof(resource), "kmsbridge.%s", op_names[kind]);
+    napi_create_string_utf8(env, resource, NAPI_AUTO_LENGTH, &name);
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
         napi_create_async_work(env, NULL, name, execute, complete, job, &job->work) != napi_ok ||
         napi_queue_async_work(env, job->work) != napi_ok) {
@@ -356,6 +467,26 @@ static napi_value decrypt_now(napi_env env, napi_callback_info info)
     return start(env, info, OP_DECRYPT, 1);
 }
 
+static napi_value verify(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_VERIFY, 0);
+}
+
+static napi_value encrypt(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_ENCRYPT, 0);
+}
+
+static napi_value verify_now(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_VERIFY, 1);
+}
+
+static napi_value encrypt_now(napi_env env, napi_callback_info info)
+{
+    return start(env, info, OP_ENCRYPT, 1);
+}
+
 napi_status local_crypto_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
@@ -364,6 +495,11 @@ napi_status local_crypto_register(napi_env env, napi_value exports)
         {"decrypt", NULL, decrypt, NULL, NULL, NULL, napi_default, NULL},
         {"signNow", NULL, sign_now, NULL, NULL, NULL, napi_default, NULL},
         {"decryptNow", NULL, decrypt_now, NULL, NULL, NULL, napi_default, NULL},
+        {"loadPublicKey", NULL, load_public_key, NULL, NULL, NULL, napi_default, NULL},
+        {"verify", NULL, verify, NULL, NULL, NULL, napi_default, NULL},
+        {"encrypt", NULL, encrypt, NULL, NULL, NULL, napi_default, NULL},
+        {"verifyNow", NULL, verify_now, NULL, NULL, NULL, napi_default, NULL},
+        {"encryptNow", NULL, encrypt_now, NULL, NULL, NULL, napi_default, NULL},
     };
     return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }
