@@ -272,6 +272,20 @@ static void cache_store(const struct kb_prov *prov, const char *uri,
     pthread_mutex_unlock(&cache_lock);
 }
 
+void kb_key_cache_forget(const struct kb_prov *prov)
+{
+    pthread_mutex_lock(&cache_lock);
+    for (unsigned i = 0; i < DESCRIBE_SLOTS; i++) {
+        struct describe_slot *s = &cache[i];
+        if (s->uri != NULL && s->prov == prov) {
+            free(s->uri);
+            kb_wire_msg_free(s->reply);
+            memset(s, 0, sizeof(*s));
+        }
+    }
+    pthread_mutex_unlock(&cache_lock);
+}
+
 struct kb_key *kb_key_load(struct kb_prov *prov, const char *uri)
 {
     struct kb_key *key = cache_lookup(prov, uri);

@@ -181,6 +181,8 @@ static void kb_teardown(void *provctx)
 
     if (prov == NULL)
         return;
+    /* the cache outlives nothing: a later provider may get this address */
+    kb_key_cache_forget(prov);
     if (prov->chan != NULL)
         prov->chan->ops->destroy(prov->chan);
     OSSL_LIB_CTX_free(prov->libctx);

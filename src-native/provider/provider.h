@@ -68,6 +68,8 @@ void kb_key_free(struct kb_key *key);
 struct kb_key *kb_key_from_reference(const void *ref, size_t ref_sz);
 /* Resolves a kms: URI through DESCRIBE (cached briefly). Raises on error. */
 struct kb_key *kb_key_load(struct kb_prov *prov, const char *uri);
+/* Drops the DESCRIBE replies cached for |prov| (at its teardown). */
+void kb_key_cache_forget(const struct kb_prov *prov);
 /* Builds a key from a DESCRIBE or CREATE reply. Raises on error. */
 struct kb_key *kb_key_from_reply(struct kb_prov *prov,
                                  const struct kb_wire_msg *reply);
