@@ -8,7 +8,16 @@ import type { AuditSink } from './audit.js';
 import { parseKeyUri } from './uri.js';
 import { MAX_FRAME, MsgType, PROTOCOL_VERSION, REPLY_BIT, Tag, type Field, type Frame } from './wire/codec.js';
 import { Fields, describeToFields, summaryToEntry } from './wire/fields.js';
-import { DECRYPT_ALGORITHMS, SIGN_ALGORITHMS, isDigest, type DecryptAlgorithm, type Digest, type SignAlgorithm } from './types.js';
+import {
+  DECRYPT_ALGORITHMS,
+  SIGN_ALGORITHMS,
+  isDigest,
+  type DecryptAlgorithm,
+  type DecryptRequest,
+  type Digest,
+  type SignAlgorithm,
+  type SignRequest,
+} from './types.js';
 
 export const SERVER_NAME = 'kmsbridge-agent/0.1.0';
 
@@ -115,39 +124,20 @@ export class Dispatcher {
         return describeToFields(await this.ks.describe(this.keyUri(f, peer)));
       case MsgType.SIGN: {
         const uri = this.keyUri(f, peer);
-        const algorithm = f.requireString(Tag.ALGORITHM);
-        if (!(SIGN_ALGORITHMS as readonly string[]).includes(algorithm)) {
-          throw new KmsError(ErrorCode.UNSUPPORTED, `signature algorithm '${algorithm}' is not one of ${SIGN_ALGORITHMS.join(', ')}`);
-        }
-        const digest = digestField(f, Tag.DIGEST);
-        const mgf1Digest = digestField(f, Tag.MGF1_DIGEST);
-        const saltLength = f.u32(Tag.SALT_LENGTH);
-        const result = await this.ks.sign(uri, {
-          algorithm: algorithm as SignAlgorithm,
-          ...(digest ? { digest } : {}),
-          ...(mgf1Digest ? { mgf1Digest } : {}),
-          ...(saltLength !== undefined ? { saltLength } : {}),
-          data: f.requireBytes(Tag.DATA),
-        });
-        return [{ tag: Tag.RESULT, value: result }];
+        return [{ tag: Tag.RESULT, value: await this.ks.sign(uri, signRequest(f)) }];
+      }
+      case MsgType.VERIFY: {
+        const uri = this.keyUri(f, peer);
+        await this.ks.verify(uri, { ...signRequest(f), signature: f.requireBytes(Tag.SIGNATURE) });
+        return [];
       }
       case MsgType.DECRYPT: {
         const uri = this.keyUri(f, peer);
-        const algorithm = f.requireString(Tag.ALGORITHM);
-        if (!(DECRYPT_ALGORITHMS as readonly string[]).includes(algorithm)) {
-          throw new KmsError(ErrorCode.UNSUPPORTED, `decryption algorithm '${algorithm}' is not one of ${DECRYPT_ALGORITHMS.join(', ')}`);
-        }
-        const digest = digestField(f, Tag.DIGEST);
-        const mgf1Digest = digestField(f, Tag.MGF1_DIGEST);
-        const label = f.bytes(Tag.LABEL);
-        const result = await this.ks.decrypt(uri, {
-          algorithm: algorithm as DecryptAlgorithm,
-          ...(digest ? { digest } : {}),
-          ...(mgf1Digest ? { mgf1Digest } : {}),
-          ...(label ? { label } : {}),
-          data: f.requireBytes(Tag.DATA),
-        });
-        return [{ tag: Tag.RESULT, value: result }];
+        return [{ tag: Tag.RESULT, value: await this.ks.decrypt(uri, decryptRequest(f, 'decryption')) }];
+      }
+      case MsgType.ENCRYPT: {
+        const uri = this.keyUri(f, peer);
+        return [{ tag: Tag.RESULT, value: await this.ks.encrypt(uri, decryptRequest(f, 'encryption')) }];
       }
       case MsgType.DERIVE: {
         const uri = this.keyUri(f, peer);
@@ -180,6 +170,42 @@ export class Dispatcher {
         throw badRequest(`unknown message type 0x${type.toString(16)}`);
     }
   }
+}
+
+/** The fields SIGN and VERIFY share. */
+function signRequest(f: Fields): SignRequest {
+  const algorithm = f.requireString(Tag.ALGORITHM);
+  if (!(SIGN_ALGORITHMS as readonly string[]).includes(algorithm)) {
+    throw new KmsError(ErrorCode.UNSUPPORTED, `signature algorithm '${algorithm}' is not one of ${SIGN_ALGORITHMS.join(', ')}`);
+  }
+  const digest = digestField(f, Tag.DIGEST);
+  const mgf1Digest = digestField(f, Tag.MGF1_DIGEST);
+  const saltLength = f.u32(Tag.SALT_LENGTH);
+  return {
+    algorithm: algorithm as SignAlgorithm,
+    ...(digest ? { digest } : {}),
+    ...(mgf1Digest ? { mgf1Digest } : {}),
+    ...(saltLength !== undefined ? { saltLength } : {}),
+    data: f.requireBytes(Tag.DATA),
+  };
+}
+
+/** The fields DECRYPT and ENCRYPT share (ENCRYPT's DATA is the plaintext). */
+function decryptRequest(f: Fields, what: string): DecryptRequest {
+  const algorithm = f.requireString(Tag.ALGORITHM);
+  if (!(DECRYPT_ALGORITHMS as readonly string[]).includes(algorithm)) {
+    throw new KmsError(ErrorCode.UNSUPPORTED, `${what} algorithm '${algorithm}' is not one of ${DECRYPT_ALGORITHMS.join(', ')}`);
+  }
+  const digest = digestField(f, Tag.DIGEST);
+  const mgf1Digest = digestField(f, Tag.MGF1_DIGEST);
+  const label = f.bytes(Tag.LABEL);
+  return {
+    algorithm: algorithm as DecryptAlgorithm,
+    ...(digest ? { digest } : {}),
+    ...(mgf1Digest ? { mgf1Digest } : {}),
+    ...(label ? { label } : {}),
+    data: f.requireBytes(Tag.DATA),
+  };
 }
 
 function opName(type: number): string {

@@ -4,10 +4,17 @@
  * asked anything, bounds every backend call by the keyring's timeout, and
  * caches descriptions (public keys) per keyring. The agent and the
  * in-process worker both run one of these.
+ *
+ * verify and encrypt are public-key operations, here so that callers who want
+ * every use of a key audited (the ENGINE's REMOTE_PUBKEY mode) can send them
+ * to the key manager's side: a backend that offers them does them, otherwise
+ * the KeyService does them with the key's public key from describe.
  */
-import { ErrorCode, KmsError, asKmsError, badRequest, notFound, unsupported } from './errors.js';
+import { isMainThread } from 'node:worker_threads';
+import { ErrorCode, KmsError, asKmsError, badRequest, keyUnusable, notFound, unsupported } from './errors.js';
 import type { Config, KeyringConfig } from './config.js';
 import type { Backend, Progress } from './backends/backend.js';
+import { native, type NativeKeyHandle, type NativeOpOptions } from './native.js';
 import { BACKENDS, createBackend, type BackendFactory } from './backends/index.js';
 import { formatKeyUri, parseKeyUri, type KeyUri } from './uri.js';
 import {
@@ -16,10 +23,12 @@ import {
   isDigest,
   type DecryptRequest,
   type Digest,
+  type EncryptRequest,
   type KeyDescription,
   type KeySpec,
   type KeySummary,
   type SignRequest,
+  type VerifyRequest,
 } from './types.js';
 
 export const MAX_RANDOM = 65536;
@@ -135,7 +144,7 @@ export class KeyService {
   async sign(uri: string, req: SignRequest): Promise<Buffer> {
     const { parsed, kr } = this.resolve(uri);
     const desc = await this.describeRaw(uri);
-    checkSign(kr.config, desc, req);
+    checkSignature(kr.config, desc, req, 'sign');
     return this.call(kr, `sign with ${uri}`, (s) => kr.backend.sign(parsed.keyId, req, s));
   }
 
@@ -144,6 +153,32 @@ export class KeyService {
     const desc = await this.describeRaw(uri);
     checkDecrypt(kr.config, desc, req);
     return this.call(kr, `decrypt with ${uri}`, (s) => kr.backend.decrypt(parsed.keyId, req, s));
+  }
+
+  /** Resolves if the signature is valid; a KmsError BAD_SIGNATURE if it is not. */
+  async verify(uri: string, req: VerifyRequest): Promise<void> {
+    const { parsed, kr } = this.resolve(uri);
+    const desc = await this.describeRaw(uri);
+    checkSignature(kr.config, desc, req, 'verify');
+    const backend = kr.backend;
+    const ok = backend.verify
+      ? await this.call(kr, `verify with ${uri}`, (s) => backend.verify!(parsed.keyId, req, s))
+      : await publicOp('verify')(publicHandle(desc), nativeOptions(desc, req), req.data, req.signature);
+    if (!ok) throw new KmsError(ErrorCode.BAD_SIGNATURE, `signature does not verify with ${uri}`);
+  }
+
+  /** The ciphertext of req.data under the key's public key. */
+  async encrypt(uri: string, req: EncryptRequest): Promise<Buffer> {
+    const { parsed, kr } = this.resolve(uri);
+    const desc = await this.describeRaw(uri);
+    checkEncrypt(kr.config, desc, req);
+    const backend = kr.backend;
+    if (backend.encrypt) return this.call(kr, `encrypt with ${uri}`, (s) => backend.encrypt!(parsed.keyId, req, s));
+    const options: NativeOpOptions =
+      req.algorithm === 'rsa-oaep'
+        ? { padding: 'oaep', digest: req.digest ?? 'sha1', mgf1Digest: req.mgf1Digest ?? req.digest ?? 'sha1', ...(req.label ? { label: req.label } : {}) }
+        : { padding: 'pkcs1' };
+    return publicOp('encrypt')(publicHandle(desc), options, req.data);
   }
 
   async derive(uri: string, peerKey: Buffer): Promise<Buffer> {
@@ -217,6 +252,56 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+// ---- public-key operations ---------------------------------------------------
+
+/** Native handles of public keys, one per cached description (a refreshed description gets a new one). */
+const publicHandles = new WeakMap<KeyDescription, NativeKeyHandle>();
+
+function publicHandle(d: KeyDescription): NativeKeyHandle {
+  let h = publicHandles.get(d);
+  if (!h) {
+    try {
+      h = native().loadPublicKey(d.publicKey);
+    } catch (err) {
+      throw keyUnusable(`the public key the key manager reported for ${d.uri} cannot be decoded (${(err as Error).message})`);
+    }
+    publicHandles.set(d, h);
+  }
+  return h;
+}
+
+/**
+ * As the local backend does for private keys: libuv's pool from the main
+ * thread, the calling thread in the in-process worker (pool threads may be
+ * the ones waiting for it).
+ */
+function publicOp(op: 'verify'): (h: NativeKeyHandle, o: NativeOpOptions, data: Buffer, sig: Buffer) => Promise<boolean>;
+function publicOp(op: 'encrypt'): (h: NativeKeyHandle, o: NativeOpOptions, data: Buffer) => Promise<Buffer>;
+function publicOp(op: 'verify' | 'encrypt') {
+  const addon = native();
+  if (op === 'verify') {
+    if (isMainThread) return addon.verify;
+    return async (h: NativeKeyHandle, o: NativeOpOptions, data: Buffer, sig: Buffer) => addon.verifyNow(h, o, data, sig);
+  }
+  if (isMainThread) return addon.encrypt;
+  return async (h: NativeKeyHandle, o: NativeOpOptions, data: Buffer) => addon.encryptNow(h, o, data);
+}
+
+function nativeOptions(d: KeyDescription, req: SignRequest): NativeOpOptions {
+  const digest = req.digest ? { digest: req.digest } : {};
+  switch (req.algorithm) {
+    case 'rsa-pkcs1':
+      return { padding: 'pkcs1', ...digest };
+    case 'rsa-pss':
+      // No salt length: any is accepted (recovered from the signature).
+      return { padding: 'pss', ...digest, mgf1Digest: req.mgf1Digest ?? req.digest!, ...(req.saltLength !== undefined ? { saltLength: req.saltLength } : {}) };
+    case 'ecdsa':
+    case 'ed25519':
+      if (d.keyType === 'rsa') throw wrongAlgorithm(d, req.algorithm);
+      return { padding: 'none', ...digest };
+  }
+}
+
 // ---- policy ------------------------------------------------------------------
 
 /** Narrows what the backend can do to what the keyring allows. */
@@ -260,11 +345,17 @@ function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | und
   return digest;
 }
 
-function checkSign(cfg: KeyringConfig, d: KeyDescription, req: SignRequest): void {
+/**
+ * The checks of SIGN, and of VERIFY with the same policy (algorithm, digests,
+ * SHA-1, lengths), less the limits of the key manager's signing (Ed25519
+ * message size, fixed PSS salt) which do not bind a verifier.
+ */
+function checkSignature(cfg: KeyringConfig, d: KeyDescription, req: SignRequest, op: 'sign' | 'verify'): void {
+  const signing = op === 'sign';
   if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
   if (req.algorithm === 'ed25519') {
     if (req.digest !== undefined) throw badRequest('Ed25519 signs the whole message: no digest may be given');
-    if (d.maxMessage !== undefined && req.data.length > d.maxMessage) {
+    if (signing && d.maxMessage !== undefined && req.data.length > d.maxMessage) {
       throw unsupported(`message of ${req.data.length} bytes exceeds the ${d.maxMessage}-byte Ed25519 limit of ${d.uri}'s key manager`);
     }
     return;
@@ -282,12 +373,38 @@ function checkSign(cfg: KeyringConfig, d: KeyDescription, req: SignRequest): voi
     const mgf1 = req.mgf1Digest ?? digest;
     if (!isDigest(mgf1)) throw unsupported(`MGF1 digest '${mgf1}' is not supported`);
     const salt = req.saltLength;
-    if (salt === undefined) throw badRequest('RSA-PSS needs a salt length');
+    if (salt === undefined) {
+      if (signing) throw badRequest('RSA-PSS needs a salt length');
+      return; // VERIFY: any salt length
+    }
     const max = Math.ceil((d.bits - 1) / 8) - DIGEST_SIZE[digest] - 2;
     if (salt > max) throw badRequest(`PSS salt length ${salt} exceeds the maximum ${max} for ${keyLabel(d)} with ${digest}`);
-    if (d.pssSalt === 'digest' && salt !== DIGEST_SIZE[digest]) {
+    if (signing && d.pssSalt === 'digest' && salt !== DIGEST_SIZE[digest]) {
       throw unsupported(`key manager of ${d.uri} fixes the PSS salt length to the digest length (${DIGEST_SIZE[digest]} for ${digest}), not ${salt}`);
     }
+  }
+}
+
+/** The checks of DECRYPT for its counterpart: same algorithms and policy; the plaintext must fit the padding. */
+function checkEncrypt(cfg: KeyringConfig, d: KeyDescription, req: EncryptRequest): void {
+  if (req.algorithm === 'rsa-pkcs1-decrypt' && d.algorithms.includes('rsa-pkcs1-decrypt') && !cfg.allowPkcs1Decrypt) {
+    throw unsupported(
+      `PKCS#1 v1.5 encryption to ${d.uri} is refused: keyring '${cfg.name}' disables its decryption (padding-oracle attacks); use OAEP, or set allow_pkcs1_decrypt = true in [keyrings.${cfg.name}]`,
+    );
+  }
+  if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
+  const k = Math.ceil(d.bits / 8);
+  let max: number;
+  if (req.algorithm === 'rsa-oaep') {
+    for (const g of [req.digest, req.mgf1Digest]) {
+      if (g !== undefined && !isDigest(g)) throw unsupported(`OAEP digest '${g}' is not supported (sha1, sha224, sha256, sha384, sha512)`);
+    }
+    max = k - 2 * DIGEST_SIZE[req.digest ?? 'sha1'] - 2;
+  } else {
+    max = k - 11;
+  }
+  if (req.data.length > max) {
+    throw badRequest(`plaintext of ${req.data.length} bytes is too long for ${req.algorithm} with ${keyLabel(d)} (at most ${Math.max(max, 0)})`);
   }
 }
 

@@ -55,6 +55,14 @@ export interface DecryptRequest {
   data: Buffer;
 }
 
+/** VERIFY: the fields of SIGN and the signature to check. */
+export interface VerifyRequest extends SignRequest {
+  signature: Buffer;
+}
+
+/** ENCRYPT: the fields of DECRYPT, with the plaintext as data. */
+export type EncryptRequest = DecryptRequest;
+
 export function specOf(keyType: KeyType, bits: number, curve?: Curve): KeySpec {
   if (keyType === 'rsa') return `rsa-${bits}` as KeySpec;
   if (keyType === 'ec') return `ec-${(curve ?? 'P-256').toLowerCase().replace('-', '')}` as KeySpec;

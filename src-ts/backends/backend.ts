@@ -1,4 +1,4 @@
-import type { DecryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest } from '../types.js';
+import type { DecryptRequest, EncryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest, VerifyRequest } from '../types.js';
 
 /** What a backend reports for a key; the KeyService adds the URI. */
 export type BackendKeyDescription = Omit<KeyDescription, 'uri'>;
@@ -23,6 +23,13 @@ export interface Backend {
   describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription>;
   sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer>;
   decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer>;
+  /**
+   * Public-key operations by the key manager itself (AWS KMS Verify/Encrypt).
+   * Optional: without them the KeyService does them with the key's public
+   * key. verify resolves false for a signature that does not verify.
+   */
+  verify?(keyId: string, req: VerifyRequest, signal: AbortSignal): Promise<boolean>;
+  encrypt?(keyId: string, req: EncryptRequest, signal: AbortSignal): Promise<Buffer>;
   derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer>;
   random(length: number, signal: AbortSignal): Promise<Buffer>;
   create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }>;
