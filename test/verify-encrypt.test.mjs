@@ -132,7 +132,10 @@ t.test('VERIFY applies the signing policy: SHA-1, digest length, algorithm of th
     code: ErrorCode.UNSUPPORTED,
     message: /SHA-1/,
   });
-  await t.rejects(verify(client, rsa, { algorithm: 'rsa-pkcs1', digest: 'sha256' }, Buffer.alloc(20), sig), { code: ErrorCode.BAD_REQUEST, message: /32 bytes/ });
+  await t.rejects(verify(client, rsa, { algorithm: 'rsa-pkcs1', digest: 'sha256' }, Buffer.alloc(20), sig), {
+    code: ErrorCode.BAD_REQUEST,
+    message: /32 bytes/,
+  });
   await t.rejects(verify(client, ec, { algorithm: 'rsa-pss', digest: 'sha256' }, hash('sha256', Buffer.from('x')), sig), {
     code: ErrorCode.UNSUPPORTED,
     message: /does not allow rsa-pss/,
