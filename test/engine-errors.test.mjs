@@ -72,18 +72,24 @@ if (why) {
     t.match(r.stderr, /key kms:local\/rsa does not allow rsa-pkcs1-decrypt/);
   });
 
-  t.test('KMSBRIDGE_REMOTE_PUBKEY=1: verify and encrypt by the key manager are refused as not available', async (t) => {
-    sign('kms:local/web', ['-pkeyopt', 'digest:sha256']);
+  t.test('KMSBRIDGE_REMOTE_PUBKEY=1: raw RSA verify and encrypt are refused by name (key managers offer neither)', async (t) => {
+    sign('kms:local/rsa', ['-pkeyopt', 'digest:sha256']);
     const env = { ...ctx.env, KMSBRIDGE_REMOTE_PUBKEY: '1' };
-    for (const [key, op, args] of [
-      ['web', 'verify', ['-verify', '-in', f('msg.sha256'), '-sigfile', f('out.sig')]],
-      ['rsa', 'encrypt', ['-encrypt', '-in', f('msg.txt'), '-out', f('enc.bin')]],
+    const before = auditRecords(ctx).filter((r) => r.op === 'verify' || r.op === 'encrypt').length;
+    for (const [op, args, message] of [
+      [
+        'verify',
+        ['-verify', '-in', f('msg.sha256'), '-sigfile', f('out.sig')],
+        /RSA signature padding none \(raw RSA\): kmsbridge verifies PKCS#1 v1\.5 and PSS/,
+      ],
+      ['encrypt', ['-encrypt', '-in', f('msg.txt'), '-out', f('enc.bin')], /RSA encryption padding none \(raw RSA\): kmsbridge encrypts OAEP and PKCS#1 v1\.5/],
     ]) {
-      const r = openssl(ctx, ['pkeyutl', ...args, ...ENGINE, '-keyform', 'engine', '-inkey', `kms:local/${key}`], { env });
+      const r = openssl(ctx, ['pkeyutl', ...args, ...ENGINE, '-keyform', 'engine', '-inkey', 'kms:local/rsa', '-pkeyopt', 'rsa_padding_mode:none'], { env });
       t.not(r.status, 0, `${op}: ${r.stdout}`);
       t.notOk(crashed(r), `${op} did not crash`);
-      t.match(r.stderr, new RegExp(`${op} with kms:local/${key} by the key manager is not available`), op);
+      t.match(r.stderr, message, op);
     }
+    t.equal(auditRecords(ctx).filter((r) => r.op === 'verify' || r.op === 'encrypt').length, before, 'nothing was sent');
   });
 
   t.test('the private key cannot be exported; the public key can', async (t) => {

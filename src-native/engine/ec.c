@@ -123,32 +123,52 @@ static ECDSA_SIG *kb_ec_sign_sig(const unsigned char *dgst, int dgst_len,
     return s;
 }
 
-static int refuse_remote_verify(const struct kb_ekey *k)
+/* VERIFY for |k| (REMOTE_PUBKEY): 1 valid, 0 not, -1 error. */
+static int ecdsa_verify(const struct kb_ekey *k, const unsigned char *dgst,
+                        int dlen, const unsigned char *sig, size_t siglen)
 {
-    kb_eng_raise(KB_R_UNSUPPORTED,
-                 "verify with %s by the key manager is not available (the "
-                 "agent protocol has no verify message); unset "
-                 "KMSBRIDGE_REMOTE_PUBKEY or REMOTE_PUBKEY to verify locally",
-                 k->uri);
-    return -1;
+    struct kb_eng_sig_params p = {.alg = "ecdsa", .salt = -1};
+
+    p.digest = dlen > 0 ? kb_md_wire_name_for_len((size_t)dlen) : NULL;
+    if (p.digest == NULL) {
+        kb_eng_raise(KB_R_INVALID_ARGUMENT,
+                     "ECDSA verifies a digest; %d bytes is no digest's size "
+                     "(sha1, sha224, sha256, sha384, sha512)",
+                     dlen);
+        return -1;
+    }
+    return kb_eng_remote_verify(k, &p, dgst, (size_t)dlen, sig, siglen);
 }
 
 static int kb_ec_verify(int type, const unsigned char *dgst, int dgst_len,
                         const unsigned char *sigbuf, int sig_len, EC_KEY *eckey)
 {
     const struct kb_ekey *k = kb_ekey_of_ec(eckey);
-    if (k != NULL && kb_eng_remote_pubkey())
-        return refuse_remote_verify(k);
-    return orig_verify(type, dgst, dgst_len, sigbuf, sig_len, eckey);
+    if (k == NULL || !kb_eng_remote_pubkey())
+        return orig_verify(type, dgst, dgst_len, sigbuf, sig_len, eckey);
+    if (sig_len < 0)
+        return 0;
+    return ecdsa_verify(k, dgst, dgst_len, sigbuf, (size_t)sig_len);
 }
 
 static int kb_ec_verify_sig(const unsigned char *dgst, int dgst_len,
                             const ECDSA_SIG *sig, EC_KEY *eckey)
 {
     const struct kb_ekey *k = kb_ekey_of_ec(eckey);
-    if (k != NULL && kb_eng_remote_pubkey())
-        return refuse_remote_verify(k);
-    return orig_verify_sig(dgst, dgst_len, sig, eckey);
+    if (k == NULL || !kb_eng_remote_pubkey())
+        return orig_verify_sig(dgst, dgst_len, sig, eckey);
+
+    unsigned char *der = NULL;
+    int len = i2d_ECDSA_SIG(sig, &der);
+    if (len <= 0) {
+        kb_eng_raise(KB_R_INVALID_ARGUMENT,
+                     "cannot encode the ECDSA signature to verify with %s",
+                     k->uri);
+        return -1;
+    }
+    int r = ecdsa_verify(k, dgst, dgst_len, der, (size_t)len);
+    OPENSSL_free(der);
+    return r;
 }
 
 /* ECDH: the peer's public point goes out as a SubjectPublicKeyInfo. */

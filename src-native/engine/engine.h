@@ -108,6 +108,35 @@ EVP_PKEY *kb_eng_load_privkey(ENGINE *e, const char *key_id,
 EVP_PKEY_METHOD *kb_pkey_rsa_new(void);
 EVP_PKEY_METHOD *kb_pkey_ed25519_new(void);
 
+/* ---- REMOTE_PUBKEY mode (remote_pubkey.c) ------------------------------- */
+
+/* What VERIFY carries besides the data: as in SIGN. */
+struct kb_eng_sig_params {
+    const char *alg;    /* rsa-pkcs1, rsa-pss, ecdsa, ed25519 */
+    const char *digest; /* wire name, or NULL */
+    const char *mgf1;   /* PSS MGF1 digest, NULL: same as digest */
+    int salt;           /* PSS salt length, -1: any (recovered) */
+};
+
+/*
+ * VERIFY by the key manager: 1 valid, 0 the signature does not verify
+ * (nothing raised), -1 the check could not be made (raised).
+ */
+int kb_eng_remote_verify(const struct kb_ekey *k,
+                         const struct kb_eng_sig_params *p,
+                         const unsigned char *tbs, size_t tbslen,
+                         const unsigned char *sig, size_t siglen);
+
+/*
+ * ENCRYPT by the key manager; |*outlen| is the room in |out| and becomes the
+ * ciphertext's length. Returns 1, or 0 with an error raised.
+ */
+int kb_eng_remote_encrypt(const struct kb_ekey *k, const char *alg,
+                          const char *digest, const char *mgf1,
+                          const unsigned char *label, size_t labellen,
+                          const unsigned char *in, size_t inlen,
+                          unsigned char *out, size_t *outlen);
+
 /* ---- EC_KEY_METHOD (ec.c) ----------------------------------------------- */
 
 int kb_ec_setup(void);

@@ -90,16 +90,11 @@ static int kb_ed25519_digestverify(EVP_MD_CTX *ctx, const unsigned char *sig,
                                    size_t tbslen)
 {
     const struct kb_ekey *k = md_ctx_key(ctx);
-    if (k != NULL && kb_eng_remote_pubkey()) {
-        kb_eng_raise(KB_R_UNSUPPORTED,
-                     "verify with %s by the key manager is not available (the "
-                     "agent protocol has no verify message); unset "
-                     "KMSBRIDGE_REMOTE_PUBKEY or REMOTE_PUBKEY to verify "
-                     "locally",
-                     k->uri);
-        return 0;
-    }
-    return orig_digestverify(ctx, sig, siglen, tbs, tbslen);
+    if (k == NULL || !kb_eng_remote_pubkey())
+        return orig_digestverify(ctx, sig, siglen, tbs, tbslen);
+    /* REMOTE_PUBKEY: VERIFY by the key manager; 0 for a bad signature */
+    const struct kb_eng_sig_params p = {.alg = "ed25519", .salt = -1};
+    return kb_eng_remote_verify(k, &p, tbs, tbslen, sig, siglen);
 }
 
 static pthread_once_t orig_once = PTHREAD_ONCE_INIT;

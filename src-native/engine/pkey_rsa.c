@@ -300,36 +300,112 @@ static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
 }
 
 /*
- * Public-key operations run here, on the real public key. The wire format
- * has no VERIFY or ENCRYPT message, so the audit mode cannot be honoured:
- * refuse it clearly rather than pretend.
+ * Public-key operations run locally, on the real public key, unless
+ * REMOTE_PUBKEY asks for them to reach the key manager (VERIFY, ENCRYPT).
  */
-static int refuse_remote(const struct kb_ekey *k, const char *op)
-{
-    kb_eng_raise(KB_R_UNSUPPORTED,
-                 "%s with %s by the key manager is not available (the agent "
-                 "protocol has no %s message); unset KMSBRIDGE_REMOTE_PUBKEY "
-                 "or REMOTE_PUBKEY to %s locally",
-                 op, k->uri, op, op);
-    return 0;
-}
-
 static int kb_rsa_verify(EVP_PKEY_CTX *ctx, const unsigned char *sig,
                          size_t siglen, const unsigned char *tbs, size_t tbslen)
 {
     const struct kb_ekey *k = ctx_key(ctx);
-    if (k != NULL && kb_eng_remote_pubkey())
-        return refuse_remote(k, "verify");
-    return orig_verify(ctx, sig, siglen, tbs, tbslen);
+    if (k == NULL || !kb_eng_remote_pubkey())
+        return orig_verify(ctx, sig, siglen, tbs, tbslen);
+
+    int pad = RSA_PKCS1_PADDING, saltlen = RSA_PSS_SALTLEN_AUTO;
+    const EVP_MD *md = NULL, *mgf1md = NULL;
+    struct kb_eng_sig_params p = {.salt = -1};
+    if (EVP_PKEY_CTX_get_rsa_padding(ctx, &pad) <= 0 ||
+        EVP_PKEY_CTX_get_signature_md(ctx, &md) <= 0 ||
+        !wire_digest(md, &p.digest))
+        return -1;
+    if (md != NULL && tbslen != (size_t)EVP_MD_get_size(md)) {
+        kb_eng_raise(KB_R_INVALID_ARGUMENT,
+                     "%zu bytes to verify, but a %s digest has %d", tbslen,
+                     p.digest, EVP_MD_get_size(md));
+        return -1;
+    }
+    switch (pad) {
+    case RSA_PKCS1_PADDING:
+        p.alg = "rsa-pkcs1";
+        break;
+    case RSA_PKCS1_PSS_PADDING:
+        p.alg = "rsa-pss";
+        if (p.digest == NULL &&
+            (p.digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
+            kb_eng_raise(KB_R_INVALID_ARGUMENT,
+                         "PSS needs a digest; %zu bytes is no digest's size",
+                         tbslen);
+            return -1;
+        }
+        if (EVP_PKEY_CTX_get_rsa_mgf1_md(ctx, &mgf1md) <= 0 ||
+            !wire_digest(mgf1md, &p.mgf1) ||
+            EVP_PKEY_CTX_get_rsa_pss_saltlen(ctx, &saltlen) <= 0)
+            return -1;
+        /* OpenSSL's conventions: -1 the digest length, -3 the largest */
+        if (saltlen == RSA_PSS_SALTLEN_DIGEST) {
+            p.salt = (int)tbslen;
+        } else if (saltlen == RSA_PSS_SALTLEN_MAX) {
+            EVP_PKEY *pk = EVP_PKEY_CTX_get0_pkey(ctx);
+            p.salt = EVP_PKEY_get_size(pk) - (int)tbslen - 2 -
+                     (((EVP_PKEY_get_bits(pk) - 1) & 7) == 0);
+        } else if (saltlen >= 0) {
+            p.salt = saltlen;
+        } /* else auto: any salt length, recovered by the verifier */
+        break;
+    default:
+        kb_eng_raise(KB_R_UNSUPPORTED,
+                     "RSA signature padding %s: kmsbridge verifies PKCS#1 "
+                     "v1.5 and PSS with the key manager",
+                     pad_name(pad));
+        return -1;
+    }
+    return kb_eng_remote_verify(k, &p, tbs, tbslen, sig, siglen);
 }
 
 static int kb_rsa_encrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
                           const unsigned char *in, size_t inlen)
 {
     const struct kb_ekey *k = ctx_key(ctx);
-    if (k != NULL && kb_eng_remote_pubkey())
-        return refuse_remote(k, "encrypt");
-    return orig_encrypt(ctx, out, outlen, in, inlen);
+    if (k == NULL || !kb_eng_remote_pubkey())
+        return orig_encrypt(ctx, out, outlen, in, inlen);
+
+    size_t size = (size_t)EVP_PKEY_get_size(EVP_PKEY_CTX_get0_pkey(ctx));
+    if (out == NULL) {
+        *outlen = size;
+        return 1;
+    }
+
+    int pad = RSA_PKCS1_PADDING, labellen = 0;
+    const EVP_MD *md = NULL, *mgf1md = NULL;
+    const char *alg, *digest = NULL, *mgf1 = NULL;
+    unsigned char *label = NULL;
+    if (EVP_PKEY_CTX_get_rsa_padding(ctx, &pad) <= 0)
+        return 0;
+    switch (pad) {
+    case RSA_PKCS1_OAEP_PADDING:
+        alg = "rsa-oaep";
+        if (EVP_PKEY_CTX_get_rsa_oaep_md(ctx, &md) <= 0 ||
+            EVP_PKEY_CTX_get_rsa_mgf1_md(ctx, &mgf1md) <= 0 ||
+            !wire_digest(md, &digest) || !wire_digest(mgf1md, &mgf1))
+            return 0;
+        if (digest == NULL)
+            digest = "sha1"; /* OAEP's default, as in OpenSSL */
+        labellen = EVP_PKEY_CTX_get0_rsa_oaep_label(ctx, &label);
+        if (labellen < 0)
+            labellen = 0;
+        break;
+    case RSA_PKCS1_PADDING:
+        /* the wire names PKCS#1 v1.5 encryption after its decryption */
+        alg = "rsa-pkcs1-decrypt";
+        break;
+    default:
+        kb_eng_raise(KB_R_UNSUPPORTED,
+                     "RSA encryption padding %s: kmsbridge encrypts OAEP and "
+                     "PKCS#1 v1.5 with the key manager",
+                     pad_name(pad));
+        return 0;
+    }
+    return kb_eng_remote_encrypt(k, alg, digest, mgf1, label,
+                                 (size_t)labellen, in, inlen, out, outlen);
 }
 
 static pthread_once_t orig_once = PTHREAD_ONCE_INIT;
