@@ -404,8 +404,8 @@ static int kb_rsa_encrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
                      pad_name(pad));
         return 0;
     }
-    return kb_eng_remote_encrypt(k, alg, digest, mgf1, label,
-                                 (size_t)labellen, in, inlen, out, outlen);
+    return kb_eng_remote_encrypt(k, alg, digest, mgf1, label, (size_t)labellen,
+                                 in, inlen, out, outlen);
 }
 
 static pthread_once_t orig_once = PTHREAD_ONCE_INIT;
