@@ -30,7 +30,7 @@ int kb_channel_call(struct kb_channel *ch, struct kb_buf *req,
     char *m = kb_wire_get_str(*reply, KB_TAG_MESSAGE);
     kb_err_set(err,
                (*reply)->status <= KB_STATUS_BAD_SIGNATURE ? (*reply)->status
-                                                       : KB_STATUS_INTERNAL,
+                                                           : KB_STATUS_INTERNAL,
                "%s", m != NULL ? m : kb_wire_status_name((*reply)->status));
     free(m);
     kb_wire_msg_free(*reply);
@@ -57,8 +57,9 @@ int kb_channel_call_for(struct kb_channel *ch, struct kb_buf *req,
     const char *for_uri = uri != NULL ? " for " : "";
     *reply = NULL;
     if (!kb_frame_end(req)) {
-        kb_err_set(err, KB_ERR_INVALID, "request too large or out of memory%s%s",
-                   for_uri, uri != NULL ? uri : "");
+        kb_err_set(err, KB_ERR_INVALID,
+                   "request too large or out of memory%s%s", for_uri,
+                   uri != NULL ? uri : "");
         return 0;
     }
     if (ch == NULL) {
@@ -74,7 +75,8 @@ int kb_channel_call_for(struct kb_channel *ch, struct kb_buf *req,
         return 1;
     }
     /* the KeyService's messages name the key already; local failures do not */
-    if (uri != NULL && strstr(err->msg, uri) == NULL && err->code < KB_ERR_NO_AGENT) {
+    if (uri != NULL && strstr(err->msg, uri) == NULL &&
+        err->code < KB_ERR_NO_AGENT) {
         size_t n = strlen(err->msg);
         snprintf(err->msg + n, sizeof(err->msg) - n, " (%s)", uri);
     }

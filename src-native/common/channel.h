@@ -10,7 +10,7 @@
 #include "wire.h"
 
 /*
- * Error codes: the wire status codes (1..10) for errors the KeyService
+ * Error codes: the wire status codes (1..11) for errors the KeyService
  * reported, and these for errors found on this side of the channel.
  */
 enum kb_local_error {

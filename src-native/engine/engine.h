@@ -97,7 +97,6 @@ int kb_ekey_check_use(const struct kb_ekey *key, const char *alg,
 EVP_PKEY *kb_eng_load_privkey(ENGINE *e, const char *key_id,
                               UI_METHOD *ui_method, void *callback_data);
 
-
 /* ---- EVP_PKEY_METHODs: RSA (pkey_rsa.c) and Ed25519 (pkey_ed25519.c) ---- */
 
 /*

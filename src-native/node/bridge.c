@@ -70,7 +70,8 @@ static void req_unlink_locked(struct bridge_req *r)
     }
 }
 
-static void req_finish_locked(struct bridge_req *r, enum req_state state, int code, const char *msg)
+static void req_finish_locked(struct bridge_req *r, enum req_state state,
+                              int code, const char *msg)
 {
     if (r->state != REQ_PENDING)
         return;
@@ -81,7 +82,8 @@ static void req_finish_locked(struct bridge_req *r, enum req_state state, int co
     pthread_cond_signal(&r->cond);
 }
 
-static int bridge_call(struct kb_channel *ch, struct kb_buf *req, unsigned timeout_ms, struct kb_wire_msg **reply,
+static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
+                       unsigned timeout_ms, struct kb_wire_msg **reply,
                        struct kb_err *err)
 {
     struct bridge *b = (struct bridge *)ch;
@@ -110,16 +112,19 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req, unsigned timeo
         r->refs = 1;
         req_release_locked(r);
         kb_err_set(err, KB_ERR_NO_AGENT,
-                   "the kmsbridge KeyService worker is not running: await kmsbridge.load() before using kms: keys");
+                   "the kmsbridge KeyService worker is not running: await "
+                   "kmsbridge.load() before using kms: keys");
         return 0;
     }
     if (pthread_equal(pthread_self(), b->worker)) {
         pthread_mutex_unlock(&b->lock);
         r->refs = 1;
         req_release_locked(r);
-        kb_err_set(err, KB_ERR_INVALID,
-                   "a kms: key was used on the KeyService worker thread itself, which would wait for itself "
-                   "forever; use kms: keys from the main thread or other workers");
+        kb_err_set(
+            err, KB_ERR_INVALID,
+            "a kms: key was used on the KeyService worker thread itself, which "
+            "would wait for itself "
+            "forever; use kms: keys from the main thread or other workers");
         return 0;
     }
     kb_frame_set_id(r->frame, ++b->next_id);
@@ -127,12 +132,14 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req, unsigned timeo
     r->prev = &b->pending;
     b->pending.next->prev = r;
     b->pending.next = r;
-    if (napi_call_threadsafe_function(b->tsfn, r, napi_tsfn_nonblocking) != napi_ok) {
+    if (napi_call_threadsafe_function(b->tsfn, r, napi_tsfn_nonblocking) !=
+        napi_ok) {
         req_unlink_locked(r);
         r->refs = 1;
         req_release_locked(r);
         pthread_mutex_unlock(&b->lock);
-        kb_err_set(err, KB_ERR_NO_AGENT, "the kmsbridge KeyService worker is shutting down");
+        kb_err_set(err, KB_ERR_NO_AGENT,
+                   "the kmsbridge KeyService worker is shutting down");
         return 0;
     }
 
@@ -145,9 +152,14 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req, unsigned timeo
         deadline.tv_nsec -= 1000000000L;
     }
     while (r->state == REQ_PENDING) {
-        if (pthread_cond_timedwait(&r->cond, &b->lock, &deadline) == ETIMEDOUT && r->state == REQ_PENDING) {
+        if (pthread_cond_timedwait(&r->cond, &b->lock, &deadline) ==
+                ETIMEDOUT &&
+            r->state == REQ_PENDING) {
             char msg[160];
-            snprintf(msg, sizeof(msg), "the kmsbridge KeyService worker did not answer within %u ms", ms);
+            snprintf(
+                msg, sizeof(msg),
+                "the kmsbridge KeyService worker did not answer within %u ms",
+                ms);
             req_finish_locked(r, REQ_FAILED, KB_ERR_LOCAL_TIMEOUT, msg);
         }
     }
@@ -168,9 +180,11 @@ static void bridge_destroy(struct kb_channel *ch)
     (void)ch; /* process-wide and static */
 }
 
-static const struct kb_channel_ops bridge_ops = {"napi-bridge", bridge_call, bridge_destroy};
+static const struct kb_channel_ops bridge_ops = {"napi-bridge", bridge_call,
+                                                 bridge_destroy};
 
-/* ---- the worker side ------------------------------------------------------ */
+/* ---- the worker side ------------------------------------------------------
+ */
 
 /* The JS handle of a request was collected: the worker's reference ends. */
 static void handle_finalize(napi_env env, void *data, void *hint)
@@ -179,7 +193,8 @@ static void handle_finalize(napi_env env, void *data, void *hint)
     (void)hint;
     struct bridge_req *r = data;
     pthread_mutex_lock(&g_bridge.lock);
-    req_finish_locked(r, REQ_FAILED, KB_STATUS_INTERNAL, "the KeyService worker dropped the request");
+    req_finish_locked(r, REQ_FAILED, KB_STATUS_INTERNAL,
+                      "the KeyService worker dropped the request");
     req_release_locked(r);
     pthread_mutex_unlock(&g_bridge.lock);
 }
@@ -193,17 +208,21 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data)
     pthread_mutex_lock(&g_bridge.lock);
     if (env == NULL || r->state != REQ_PENDING) {
         /* torn down, or the caller gave up already */
-        req_finish_locked(r, REQ_FAILED, KB_ERR_NO_AGENT, "the kmsbridge KeyService worker ended");
+        req_finish_locked(r, REQ_FAILED, KB_ERR_NO_AGENT,
+                          "the kmsbridge KeyService worker ended");
         req_release_locked(r);
         pthread_mutex_unlock(&g_bridge.lock);
         return;
     }
     pthread_mutex_unlock(&g_bridge.lock);
     /* r->frame is immutable once queued: read it without the lock */
-    if (napi_create_buffer_copy(env, r->len, r->frame, NULL, &argv[0]) != napi_ok ||
-        napi_create_external(env, r, handle_finalize, NULL, &argv[1]) != napi_ok) {
+    if (napi_create_buffer_copy(env, r->len, r->frame, NULL, &argv[0]) !=
+            napi_ok ||
+        napi_create_external(env, r, handle_finalize, NULL, &argv[1]) !=
+            napi_ok) {
         pthread_mutex_lock(&g_bridge.lock);
-        req_finish_locked(r, REQ_FAILED, KB_ERR_NOMEM, "out of memory in the KeyService worker");
+        req_finish_locked(r, REQ_FAILED, KB_ERR_NOMEM,
+                          "out of memory in the KeyService worker");
         req_release_locked(r);
         pthread_mutex_unlock(&g_bridge.lock);
         return;
@@ -221,28 +240,36 @@ static void tsfn_finalize(napi_env env, void *data, void *hint)
     pthread_mutex_lock(&b->lock);
     b->tsfn = NULL;
     while (b->pending.next != &b->pending)
-        req_finish_locked(b->pending.next, REQ_FAILED, KB_ERR_NO_AGENT, "the kmsbridge KeyService worker ended");
+        req_finish_locked(b->pending.next, REQ_FAILED, KB_ERR_NO_AGENT,
+                          "the kmsbridge KeyService worker ended");
     pthread_mutex_unlock(&b->lock);
 }
 
-/* bridgeBind(handler: (frame: Buffer, handle) => void): called on the worker thread. */
+/* bridgeBind(handler: (frame: Buffer, handle) => void): called on the worker
+ * thread. */
 static napi_value bridge_bind(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
     napi_value argv[1], name;
     napi_threadsafe_function tsfn;
 
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1)
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1)
         return addon_throw(env, "ERR_INVALID_ARG", "bridgeBind(handler)");
     pthread_mutex_lock(&g_bridge.lock);
     int bound = g_bridge.tsfn != NULL;
     pthread_mutex_unlock(&g_bridge.lock);
     if (bound)
-        return addon_throw(env, "ERR_BRIDGE_BOUND", "a KeyService worker is already bound in this process");
-    napi_create_string_utf8(env, "kmsbridge.keyservice", NAPI_AUTO_LENGTH, &name);
-    if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, &g_bridge, tsfn_finalize, NULL, call_js,
+        return addon_throw(
+            env, "ERR_BRIDGE_BOUND",
+            "a KeyService worker is already bound in this process");
+    napi_create_string_utf8(env, "kmsbridge.keyservice", NAPI_AUTO_LENGTH,
+                            &name);
+    if (napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1,
+                                        &g_bridge, tsfn_finalize, NULL, call_js,
                                         &tsfn) != napi_ok)
-        return addon_throw(env, "ERR_BRIDGE", "could not create the threadsafe function");
+        return addon_throw(env, "ERR_BRIDGE",
+                           "could not create the threadsafe function");
     pthread_mutex_lock(&g_bridge.lock);
     g_bridge.tsfn = tsfn;
     g_bridge.worker = pthread_self();
@@ -274,10 +301,12 @@ static napi_value bridge_complete(napi_env env, napi_callback_info info)
     struct kb_wire_msg *msg = NULL;
     char why[128] = "";
 
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
-        napi_get_value_external(env, argv[0], (void **)&r) != napi_ok || r == NULL ||
-        napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok)
-        return addon_throw(env, "ERR_INVALID_ARG", "bridgeComplete(handle, reply)");
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 2 ||
+        napi_get_value_external(env, argv[0], (void **)&r) != napi_ok ||
+        r == NULL || napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "bridgeComplete(handle, reply)");
     int decoded = kb_wire_decode(data, len, &msg, why, sizeof(why));
     pthread_mutex_lock(&g_bridge.lock);
     if (r->state == REQ_PENDING && decoded) {
@@ -317,8 +346,11 @@ napi_status bridge_register(napi_env env, napi_value exports)
     pthread_once(&bridge_once, bridge_init_once);
     const napi_property_descriptor props[] = {
         {"bridgeBind", NULL, bridge_bind, NULL, NULL, NULL, napi_default, NULL},
-        {"bridgeUnbind", NULL, bridge_unbind, NULL, NULL, NULL, napi_default, NULL},
-        {"bridgeComplete", NULL, bridge_complete, NULL, NULL, NULL, napi_default, NULL},
+        {"bridgeUnbind", NULL, bridge_unbind, NULL, NULL, NULL, napi_default,
+         NULL},
+        {"bridgeComplete", NULL, bridge_complete, NULL, NULL, NULL,
+         napi_default, NULL},
     };
-    return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
 }

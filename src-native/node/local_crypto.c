@@ -1,25 +1,25 @@
 /*
  * Key operations over a digest computed by the caller: private-key ones for
  * the local backend of the KeyService, public-key ones (verify, encrypt) for
- * the KeyService's VERIFY and ENCRYPT with any backend's public key. node:crypto always hashes its input (it has no
- * "sign this digest" for ECDSA or RSA-PSS) and Node 20 refuses PKCS#1 v1.5
- * decryption, so the KeyService hands decrypted keys to these functions.
- * They run on the libuv thread pool so one agent uses every core; the *Now
- * forms run on the calling thread instead, for callers that must not wait
- * for the pool (the in-process KeyService worker: threads blocked on it may
- * hold every pool thread) or whose operation costs less than the trip to the
- * pool and back (ECDSA).
+ * the KeyService's VERIFY and ENCRYPT with any backend's public key.
+ * node:crypto always hashes its input (it has no "sign this digest" for ECDSA
+ * or RSA-PSS) and Node 20 refuses PKCS#1 v1.5 decryption, so the KeyService
+ * hands decrypted keys to these functions. They run on the libuv thread pool so
+ * one agent uses every core; the *Now forms run on the calling thread instead,
+ * for callers that must not wait for the pool (the in-process KeyService
+ * worker: threads blocked on it may hold every pool thread) or whose operation
+ * costs less than the trip to the pool and back (ECDSA).
  *
  * JS surface:
  *   loadPrivateKey(pkcs8: Buffer) -> handle
- *   sign(handle, { padding, digest, mgf1Digest, saltLength }, data) -> Promise<Buffer>
- *   decrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
- *   signNow(...), decryptNow(...): the same, returning the Buffer (or throwing)
- *   loadPublicKey(spki: Buffer) -> handle
- *   verify(handle, { padding, digest, mgf1Digest, saltLength }, data, sig) -> Promise<boolean>
- *   encrypt(handle, { padding, digest, mgf1Digest, label }, data) -> Promise<Buffer>
- *   verifyNow(...), encryptNow(...): the same on the calling thread
- * padding: "pkcs1" | "pss" | "oaep" | "none" (for EC and Ed25519 keys).
+ *   sign(handle, { padding, digest, mgf1Digest, saltLength }, data) ->
+ * Promise<Buffer> decrypt(handle, { padding, digest, mgf1Digest, label }, data)
+ * -> Promise<Buffer> signNow(...), decryptNow(...): the same, returning the
+ * Buffer (or throwing) loadPublicKey(spki: Buffer) -> handle verify(handle, {
+ * padding, digest, mgf1Digest, saltLength }, data, sig) -> Promise<boolean>
+ *   encrypt(handle, { padding, digest, mgf1Digest, label }, data) ->
+ * Promise<Buffer> verifyNow(...), encryptNow(...): the same on the calling
+ * thread padding: "pkcs1" | "pss" | "oaep" | "none" (for EC and Ed25519 keys).
  * verify of an Ed25519 key takes the whole message (no digest). A signature
  * that does not verify, malformed ones included, is false, not an error.
  */
@@ -63,7 +63,8 @@ static const struct {
     const char *ours;
     const char *openssl;
 } digest_names[] = {
-    {"sha1", "SHA1"}, {"sha224", "SHA2-224"}, {"sha256", "SHA2-256"}, {"sha384", "SHA2-384"}, {"sha512", "SHA2-512"},
+    {"sha1", "SHA1"},       {"sha224", "SHA2-224"}, {"sha256", "SHA2-256"},
+    {"sha384", "SHA2-384"}, {"sha512", "SHA2-512"},
 };
 
 static const char *openssl_digest(const char *ours)
@@ -93,18 +94,22 @@ static napi_value load_private_key(napi_env env, napi_callback_info info)
     napi_value argv[1];
     void *der = NULL;
     size_t der_len = 0;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 ||
         napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok)
-        return addon_throw(env, "ERR_INVALID_ARG", "loadPrivateKey: expected a PKCS#8 DER buffer");
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "loadPrivateKey: expected a PKCS#8 DER buffer");
 
     const unsigned char *p = der;
     EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
     if (pkey == NULL) {
         ERR_clear_error();
-        return addon_throw(env, "ERR_KEY_DECODE", "loadPrivateKey: not a PKCS#8 private key");
+        return addon_throw(env, "ERR_KEY_DECODE",
+                           "loadPrivateKey: not a PKCS#8 private key");
     }
     napi_value handle;
-    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) != napi_ok) {
+    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) !=
+        napi_ok) {
         EVP_PKEY_free(pkey);
         return NULL;
     }
@@ -117,27 +122,34 @@ static napi_value load_public_key(napi_env env, napi_callback_info info)
     napi_value argv[1];
     void *der = NULL;
     size_t der_len = 0;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 ||
         napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok)
-        return addon_throw(env, "ERR_INVALID_ARG", "loadPublicKey: expected a SubjectPublicKeyInfo DER buffer");
+        return addon_throw(
+            env, "ERR_INVALID_ARG",
+            "loadPublicKey: expected a SubjectPublicKeyInfo DER buffer");
 
     const unsigned char *p = der;
     EVP_PKEY *pkey = d2i_PUBKEY(NULL, &p, (long)der_len);
     if (pkey == NULL || p != (const unsigned char *)der + der_len) {
         EVP_PKEY_free(pkey);
         ERR_clear_error();
-        return addon_throw(env, "ERR_KEY_DECODE", "loadPublicKey: not a SubjectPublicKeyInfo");
+        return addon_throw(env, "ERR_KEY_DECODE",
+                           "loadPublicKey: not a SubjectPublicKeyInfo");
     }
     napi_value handle;
-    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) != napi_ok) {
+    if (napi_create_external(env, pkey, pkey_finalize, NULL, &handle) !=
+        napi_ok) {
         EVP_PKEY_free(pkey);
         return NULL;
     }
     return handle;
 }
 
-/* Reads an optional string property into buf; returns 0 if absent, 1 if read, -1 on error. */
-static int get_string_prop(napi_env env, napi_value obj, const char *name, char *buf, size_t size)
+/* Reads an optional string property into buf; returns 0 if absent, 1 if read,
+ * -1 on error. */
+static int get_string_prop(napi_env env, napi_value obj, const char *name,
+                           char *buf, size_t size)
 {
     bool has = false;
     napi_value v;
@@ -145,11 +157,13 @@ static int get_string_prop(napi_env env, napi_value obj, const char *name, char 
     size_t len;
     if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has)
         return 0;
-    if (napi_get_named_property(env, obj, name, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
+    if (napi_get_named_property(env, obj, name, &v) != napi_ok ||
+        napi_typeof(env, v, &t) != napi_ok)
         return -1;
     if (t == napi_undefined || t == napi_null)
         return 0;
-    if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok || len + 1 >= size)
+    if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok ||
+        len + 1 >= size)
         return -1;
     return 1;
 }
@@ -159,7 +173,10 @@ static int parse_padding(const char *s, enum padding *out)
     static const struct {
         const char *name;
         enum padding value;
-    } table[] = {{"none", PAD_NONE}, {"pkcs1", PAD_PKCS1}, {"pss", PAD_PSS}, {"oaep", PAD_OAEP}};
+    } table[] = {{"none", PAD_NONE},
+                 {"pkcs1", PAD_PKCS1},
+                 {"pss", PAD_PSS},
+                 {"oaep", PAD_OAEP}};
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (strcmp(table[i].name, s) == 0) {
             *out = table[i].value;
@@ -195,9 +212,11 @@ static int set_rsa_params(struct job *job, EVP_PKEY_CTX *ctx)
 {
     EVP_MD *md = NULL, *mgf1 = NULL;
     int ok = 0;
-    if (job->digest[0] != '\0' && (md = EVP_MD_fetch(NULL, openssl_digest(job->digest), NULL)) == NULL)
+    if (job->digest[0] != '\0' &&
+        (md = EVP_MD_fetch(NULL, openssl_digest(job->digest), NULL)) == NULL)
         goto done;
-    if (job->mgf1[0] != '\0' && (mgf1 = EVP_MD_fetch(NULL, openssl_digest(job->mgf1), NULL)) == NULL)
+    if (job->mgf1[0] != '\0' &&
+        (mgf1 = EVP_MD_fetch(NULL, openssl_digest(job->mgf1), NULL)) == NULL)
         goto done;
 
     switch (job->padding) {
@@ -206,23 +225,27 @@ static int set_rsa_params(struct job *job, EVP_PKEY_CTX *ctx)
         ok = md == NULL || EVP_PKEY_CTX_set_signature_md(ctx, md) > 0;
         break;
     case PAD_PKCS1:
-        ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
-             (md == NULL || job->kind == OP_DECRYPT || job->kind == OP_ENCRYPT ||
-              EVP_PKEY_CTX_set_signature_md(ctx, md) > 0);
+        ok =
+            EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
+            (md == NULL || job->kind == OP_DECRYPT || job->kind == OP_ENCRYPT ||
+             EVP_PKEY_CTX_set_signature_md(ctx, md) > 0);
         break;
     case PAD_PSS:
-        ok = md != NULL && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
+        ok = md != NULL &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
              EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 &&
              EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf1 != NULL ? mgf1 : md) > 0 &&
              EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, job->salt_length) > 0;
         break;
     case PAD_OAEP:
-        ok = md != NULL && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
+        ok = md != NULL &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
              EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) > 0 &&
              EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf1 != NULL ? mgf1 : md) > 0;
         if (ok && job->label_len > 0) {
             /* set0 takes ownership of the label on success */
-            ok = EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, job->label, (int)job->label_len) > 0;
+            ok = EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, job->label,
+                                                  (int)job->label_len) > 0;
             if (ok)
                 job->label = NULL, job->label_len = 0;
         }
@@ -238,10 +261,12 @@ done:
 static void verify_ed25519(struct job *job)
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (md == NULL || EVP_DigestVerifyInit_ex(md, NULL, NULL, NULL, NULL, job->pkey, NULL) <= 0)
+    if (md == NULL || EVP_DigestVerifyInit_ex(md, NULL, NULL, NULL, NULL,
+                                              job->pkey, NULL) <= 0)
         set_error(job, "verify init failed");
     else
-        job->verified = EVP_DigestVerify(md, job->sig, job->sig_len, job->in, job->in_len) == 1;
+        job->verified = EVP_DigestVerify(md, job->sig, job->sig_len, job->in,
+                                         job->in_len) == 1;
     EVP_MD_CTX_free(md);
     ERR_clear_error();
 }
@@ -262,7 +287,8 @@ static int op_init(struct job *job, EVP_PKEY_CTX *ctx)
 }
 
 /* sign, decrypt or encrypt: |out| NULL asks for the output size */
-static int op_run(struct job *job, EVP_PKEY_CTX *ctx, unsigned char *out, size_t *len)
+static int op_run(struct job *job, EVP_PKEY_CTX *ctx, unsigned char *out,
+                  size_t *len)
 {
     switch (job->kind) {
     case OP_SIGN:
@@ -284,7 +310,8 @@ static void execute(napi_env env, void *data)
     const char *op = op_names[job->kind];
     char what[64];
 
-    if (job->kind == OP_VERIFY && EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519) {
+    if (job->kind == OP_VERIFY &&
+        EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519) {
         verify_ed25519(job);
         return;
     }
@@ -301,8 +328,10 @@ static void execute(napi_env env, void *data)
         goto done;
     }
     if (job->kind == OP_VERIFY) {
-        /* 0 or less: a bad or malformed signature; either way it does not verify */
-        job->verified = EVP_PKEY_verify(ctx, job->sig, job->sig_len, job->in, job->in_len) == 1;
+        /* 0 or less: a bad or malformed signature; either way it does not
+         * verify */
+        job->verified = EVP_PKEY_verify(ctx, job->sig, job->sig_len, job->in,
+                                        job->in_len) == 1;
         goto done;
     }
     snprintf(what, sizeof(what), "%s failed", op);
@@ -327,7 +356,8 @@ done:
 }
 
 /* The job's result: a Buffer, or for OP_VERIFY a boolean. */
-static napi_status result_value(napi_env env, struct job *job, napi_value *value)
+static napi_status result_value(napi_env env, struct job *job,
+                                napi_value *value)
 {
     if (job->kind == OP_VERIFY)
         return napi_get_boolean(env, job->verified != 0, value);
@@ -338,13 +368,16 @@ static void complete(napi_env env, napi_status status, void *data)
 {
     struct job *job = data;
     napi_value value;
-    if (status == napi_ok && job->error[0] == '\0' && result_value(env, job, &value) == napi_ok) {
+    if (status == napi_ok && job->error[0] == '\0' &&
+        result_value(env, job, &value) == napi_ok) {
         napi_resolve_deferred(env, job->deferred, value);
     } else {
         napi_value msg, err, code;
-        const char *text = job->error[0] != '\0' ? job->error : "operation was cancelled";
+        const char *text =
+            job->error[0] != '\0' ? job->error : "operation was cancelled";
         napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
-        napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH, &code);
+        napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH,
+                                &code);
         napi_create_error(env, code, msg, &err);
         napi_reject_deferred(env, job->deferred, err);
     }
@@ -360,7 +393,8 @@ static unsigned char *copy_bytes(const void *src, size_t len)
     return p;
 }
 
-static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind, int now)
+static napi_value start(napi_env env, napi_callback_info info,
+                        enum op_kind kind, int now)
 {
     size_t argc = 4;
     napi_value argv[4];
@@ -370,11 +404,15 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
     char padding[16] = "";
     char usage[64];
 
-    snprintf(usage, sizeof(usage), "%s(handle, options, data%s)", op_names[kind], kind == OP_VERIFY ? ", signature" : "");
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (kind == OP_VERIFY ? 4u : 3u) ||
-        napi_get_value_external(env, argv[0], (void **)&pkey) != napi_ok || pkey == NULL ||
+    snprintf(usage, sizeof(usage), "%s(handle, options, data%s)",
+             op_names[kind], kind == OP_VERIFY ? ", signature" : "");
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < (kind == OP_VERIFY ? 4u : 3u) ||
+        napi_get_value_external(env, argv[0], (void **)&pkey) != napi_ok ||
+        pkey == NULL ||
         napi_get_buffer_info(env, argv[2], &in, &in_len) != napi_ok ||
-        (kind == OP_VERIFY && napi_get_buffer_info(env, argv[3], &sig, &sig_len) != napi_ok))
+        (kind == OP_VERIFY &&
+         napi_get_buffer_info(env, argv[3], &sig, &sig_len) != napi_ok))
         return addon_throw(env, "ERR_INVALID_ARG", usage);
 
     struct job *job = calloc(1, sizeof(*job));
@@ -382,27 +420,35 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
         return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
     job->kind = kind;
     /* signing defaults to a digest-long salt; verifying recovers any */
-    job->salt_length = kind == OP_VERIFY ? RSA_PSS_SALTLEN_AUTO : RSA_PSS_SALTLEN_DIGEST;
-    if (get_string_prop(env, argv[1], "padding", padding, sizeof(padding)) != 1 ||
+    job->salt_length =
+        kind == OP_VERIFY ? RSA_PSS_SALTLEN_AUTO : RSA_PSS_SALTLEN_DIGEST;
+    if (get_string_prop(env, argv[1], "padding", padding, sizeof(padding)) !=
+            1 ||
         !parse_padding(padding, &job->padding) ||
-        get_string_prop(env, argv[1], "digest", job->digest, sizeof(job->digest)) < 0 ||
-        get_string_prop(env, argv[1], "mgf1Digest", job->mgf1, sizeof(job->mgf1)) < 0 ||
+        get_string_prop(env, argv[1], "digest", job->digest,
+                        sizeof(job->digest)) < 0 ||
+        get_string_prop(env, argv[1], "mgf1Digest", job->mgf1,
+                        sizeof(job->mgf1)) < 0 ||
         (job->digest[0] != '\0' && openssl_digest(job->digest) == NULL) ||
         (job->mgf1[0] != '\0' && openssl_digest(job->mgf1) == NULL)) {
         free(job);
-        return addon_throw(env, "ERR_INVALID_ARG", "options: unknown padding or digest");
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "options: unknown padding or digest");
     }
     napi_value v;
     bool has = false;
-    if (napi_has_named_property(env, argv[1], "saltLength", &has) == napi_ok && has &&
+    if (napi_has_named_property(env, argv[1], "saltLength", &has) == napi_ok &&
+        has &&
         napi_get_named_property(env, argv[1], "saltLength", &v) == napi_ok)
         napi_get_value_int32(env, v, &job->salt_length);
-    if (napi_has_named_property(env, argv[1], "label", &has) == napi_ok && has &&
-        napi_get_named_property(env, argv[1], "label", &v) == napi_ok) {
+    if (napi_has_named_property(env, argv[1], "label", &has) == napi_ok &&
+        has && napi_get_named_property(env, argv[1], "label", &v) == napi_ok) {
         void *label = NULL;
         bool is_buffer = false;
         napi_is_buffer(env, v, &is_buffer);
-        if (is_buffer && napi_get_buffer_info(env, v, &label, &job->label_len) == napi_ok && job->label_len > 0)
+        if (is_buffer &&
+            napi_get_buffer_info(env, v, &label, &job->label_len) == napi_ok &&
+            job->label_len > 0)
             job->label = copy_bytes(label, job->label_len);
     }
     job->in = copy_bytes(in, in_len);
@@ -411,8 +457,8 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
         job->sig = copy_bytes(sig, sig_len);
         job->sig_len = sig_len;
     }
-    if (job->in == NULL || (kind == OP_VERIFY && job->sig == NULL) || (job->label_len > 0 && job->label == NULL) ||
-        !EVP_PKEY_up_ref(pkey)) {
+    if (job->in == NULL || (kind == OP_VERIFY && job->sig == NULL) ||
+        (job->label_len > 0 && job->label == NULL) || !EVP_PKEY_up_ref(pkey)) {
         job_free(job);
         return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
     }
@@ -424,7 +470,8 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
         if (job->error[0] != '\0') {
             napi_value msg, err, code;
             napi_create_string_utf8(env, job->error, NAPI_AUTO_LENGTH, &msg);
-            napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH, &code);
+            napi_create_string_utf8(env, "ERR_KEY_OPERATION", NAPI_AUTO_LENGTH,
+                                    &code);
             napi_create_error(env, code, msg, &err);
             napi_throw(env, err);
         } else if (result_value(env, job, &value) != napi_ok) {
@@ -439,10 +486,12 @@ static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind
     snprintf(resource, sizeof(resource), "kmsbridge.%s", op_names[kind]);
     napi_create_string_utf8(env, resource, NAPI_AUTO_LENGTH, &name);
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-        napi_create_async_work(env, NULL, name, execute, complete, job, &job->work) != napi_ok ||
+        napi_create_async_work(env, NULL, name, execute, complete, job,
+                               &job->work) != napi_ok ||
         napi_queue_async_work(env, job->work) != napi_ok) {
         job_free(job);
-        return addon_throw(env, "ERR_ASYNC", "could not queue the key operation");
+        return addon_throw(env, "ERR_ASYNC",
+                           "could not queue the key operation");
     }
     return promise;
 }
@@ -490,16 +539,19 @@ static napi_value encrypt_now(napi_env env, napi_callback_info info)
 napi_status local_crypto_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
-        {"loadPrivateKey", NULL, load_private_key, NULL, NULL, NULL, napi_default, NULL},
+        {"loadPrivateKey", NULL, load_private_key, NULL, NULL, NULL,
+         napi_default, NULL},
         {"sign", NULL, sign, NULL, NULL, NULL, napi_default, NULL},
         {"decrypt", NULL, decrypt, NULL, NULL, NULL, napi_default, NULL},
         {"signNow", NULL, sign_now, NULL, NULL, NULL, napi_default, NULL},
         {"decryptNow", NULL, decrypt_now, NULL, NULL, NULL, napi_default, NULL},
-        {"loadPublicKey", NULL, load_public_key, NULL, NULL, NULL, napi_default, NULL},
+        {"loadPublicKey", NULL, load_public_key, NULL, NULL, NULL, napi_default,
+         NULL},
         {"verify", NULL, verify, NULL, NULL, NULL, napi_default, NULL},
         {"encrypt", NULL, encrypt, NULL, NULL, NULL, napi_default, NULL},
         {"verifyNow", NULL, verify_now, NULL, NULL, NULL, napi_default, NULL},
         {"encryptNow", NULL, encrypt_now, NULL, NULL, NULL, napi_default, NULL},
     };
-    return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
 }

@@ -18,9 +18,12 @@ static napi_value peer_credentials(napi_env env, napi_callback_info info)
     size_t argc = 1;
     napi_value argv[1];
     int32_t fd = -1;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-        napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0)
-        return addon_throw(env, "ERR_INVALID_ARG", "peerCredentials: expected a socket file descriptor");
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+        fd < 0)
+        return addon_throw(
+            env, "ERR_INVALID_ARG",
+            "peerCredentials: expected a socket file descriptor");
 
     struct ucred cred;
     socklen_t len = sizeof(cred);
@@ -41,7 +44,8 @@ static napi_value peer_credentials(napi_env env, napi_callback_info info)
 napi_status peercred_register(napi_env env, napi_value exports)
 {
     napi_value fn;
-    napi_status st = napi_create_function(env, "peerCredentials", NAPI_AUTO_LENGTH, peer_credentials, NULL, &fn);
+    napi_status st = napi_create_function(
+        env, "peerCredentials", NAPI_AUTO_LENGTH, peer_credentials, NULL, &fn);
     if (st != napi_ok)
         return st;
     return napi_set_named_property(env, exports, "peerCredentials", fn);

@@ -636,7 +636,8 @@ static int do_sign(struct kb_sig_ctx *ctx, unsigned char *sig, size_t *siglen,
     case KB_KEY_RSA:
         if (ctx->pad == RSA_PKCS1_PSS_PADDING) {
             alg = "rsa-pss";
-            if (digest == NULL && (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
+            if (digest == NULL &&
+                (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
                 kb_raise(ctx->prov, KB_R_INVALID_ARGUMENT,
                          "PSS needs a digest; %zu bytes is no digest's size",
                          tbslen);
@@ -651,7 +652,8 @@ static int do_sign(struct kb_sig_ctx *ctx, unsigned char *sig, size_t *siglen,
         break;
     case KB_KEY_EC:
         alg = "ecdsa";
-        if (digest == NULL && (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
+        if (digest == NULL &&
+            (digest = kb_md_wire_name_for_len(tbslen)) == NULL) {
             kb_raise(ctx->prov, KB_R_INVALID_ARGUMENT,
                      "ECDSA signs a digest; %zu bytes is no digest's size",
                      tbslen);

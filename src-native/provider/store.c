@@ -120,7 +120,8 @@ static int load_key(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
     return ok;
 }
 
-/* Hands out the next key name of the keyring, asking the agent on the first call. */
+/* Hands out the next key name of the keyring, asking the agent on the first
+ * call. */
 static int list_next(struct kb_store_ctx *ctx, OSSL_CALLBACK *object_cb,
                      void *object_cbarg)
 {
