@@ -29,7 +29,8 @@ function cellText(row, v, base, metric, scale = 1) {
   const c = row.cells[v];
   if (!c) return '';
   if (c.error) return 'skipped¹';
-  const s = summarize(pick(c, metric).map((x) => (x === null ? null : x * scale)), base && v !== base && row.cells[base] && !row.cells[base].error ? pick(row.cells[base], metric) : null);
+  const scaled = (cell) => pick(cell, metric).map((x) => (x === null || x === undefined ? null : x * scale));
+  const s = summarize(scaled(c), base && v !== base && row.cells[base] && !row.cells[base].error ? scaled(row.cells[base]) : null);
   return `${fmt(s.median)}${s.ratio ? ` (${fmtRatio(s.ratio)})` : ''}`;
 }
 
