@@ -143,7 +143,8 @@ export async function load(options: LoadOptions = {}): Promise<KmsBridge> {
   const addon = native();
   const reg = addon.registration();
   if (!reg.provider) throw new KmsError(ErrorCode.INTERNAL, reg.error ?? 'the kmsbridge provider is not registered');
-  if (active && !active.closed) throw new KmsError(ErrorCode.BAD_REQUEST, 'kmsbridge is already loaded in this process: close() the first instance before loading again');
+  if (active && !active.closed)
+    throw new KmsError(ErrorCode.BAD_REQUEST, 'kmsbridge is already loaded in this process: close() the first instance before loading again');
   const timeoutMs = options.timeoutMs ?? 30_000;
   const state: { host?: WorkerHost; closed: boolean } = { closed: false };
 

@@ -55,8 +55,7 @@ export function native(): NativeAddon {
       addon = nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
     } catch (err) {
       throw new Error(
-        `the kmsbridge native addon is not built (${(err as Error).message.split('\n')[0]}); ` +
-          `run 'npm rebuild kmsbridge' (needs make, gcc and libssl-dev)`,
+        `the kmsbridge native addon is not built (${(err as Error).message.split('\n')[0]}); ` + `run 'npm rebuild kmsbridge' (needs make, gcc and libssl-dev)`,
       );
     }
   }

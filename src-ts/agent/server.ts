@@ -30,10 +30,7 @@ export interface AgentOptions {
  */
 export function opensToOthers(ks: KeyService): boolean {
   const c = ks.config;
-  return (
-    c.agent.allowUids.length + c.agent.allowGids.length > 0 ||
-    [...c.keyrings.values()].some((k) => k.allowUids.length + k.allowGids.length > 0)
-  );
+  return c.agent.allowUids.length + c.agent.allowGids.length > 0 || [...c.keyrings.values()].some((k) => k.allowUids.length + k.allowGids.length > 0);
 }
 
 interface Connection {

@@ -14,7 +14,10 @@ export function prepareSocketDir(socketPath: string): void {
   const st = fs.statSync(dir);
   const uid = process.getuid?.() ?? 0;
   if (st.uid !== uid) {
-    throw new KmsError(ErrorCode.ACCESS_DENIED, `socket directory ${dir} belongs to uid ${st.uid}, not to this user (uid ${uid}); choose another KMSBRIDGE_AGENT_SOCK`);
+    throw new KmsError(
+      ErrorCode.ACCESS_DENIED,
+      `socket directory ${dir} belongs to uid ${st.uid}, not to this user (uid ${uid}); choose another KMSBRIDGE_AGENT_SOCK`,
+    );
   }
   if ((st.mode & 0o022) !== 0) {
     const mode = (st.mode & 0o777).toString(8).padStart(4, '0');

@@ -33,7 +33,17 @@ import type { KeyringConfig } from '../config.js';
 import type { DecryptRequest, KeySpec, SignRequest } from '../types.js';
 import type { Backend, BackendKeyDescription, BackendKeySummary, Progress } from './backend.js';
 import { classify, retryable, timeoutError, toKmsError, type Context, type Failure, type Retry } from './aws/errors.js';
-import { RANDOM_CHUNK, checkDerive, createParameters, decryptAlgorithm, describeKey, isUsableSpec, signParameters, specInfo, type AwsKeyInfo } from './aws/mapping.js';
+import {
+  RANDOM_CHUNK,
+  checkDerive,
+  createParameters,
+  decryptAlgorithm,
+  describeKey,
+  isUsableSpec,
+  signParameters,
+  specInfo,
+  type AwsKeyInfo,
+} from './aws/mapping.js';
 import { readAwsSettings, type AwsSettings } from './aws/settings.js';
 
 const BACKOFF_BASE_MS = 50;
@@ -202,7 +212,7 @@ export class AwsBackend implements Backend {
   async random(length: number, signal: AbortSignal): Promise<Buffer> {
     const deadline = this.deadline();
     const parts: Buffer[] = [];
-    for (let have = 0; have < length; ) {
+    for (let have = 0; have < length;) {
       const n = Math.min(RANDOM_CHUNK, length - have);
       const out = await this.call('GenerateRandom', undefined, deadline, signal, 'transient', (c, s) =>
         c.send(new GenerateRandomCommand({ NumberOfBytes: n }), { abortSignal: s }),
@@ -225,17 +235,19 @@ export class AwsBackend implements Backend {
     const deadline = this.deadline();
     try {
       await this.call('DescribeKey', alias, deadline, signal, 'transient', (c, s) => c.send(new DescribeKeyCommand({ KeyId: alias }), { abortSignal: s }));
-      throw new KmsError(ErrorCode.ALREADY_EXISTS, `AWS KMS alias ${alias} already exists (keyring '${this.cfg.name}', kms:${this.cfg.name}/${alias}); pick another name or delete it first`);
+      throw new KmsError(
+        ErrorCode.ALREADY_EXISTS,
+        `AWS KMS alias ${alias} already exists (keyring '${this.cfg.name}', kms:${this.cfg.name}/${alias}); pick another name or delete it first`,
+      );
     } catch (err) {
       if (!(err instanceof KmsError && err.code === ErrorCode.NOT_FOUND)) throw err;
     }
     progress?.(`creating ${params.KeySpec} key for ${params.KeyUsage} in AWS KMS (${this.settings.where})`);
     // CreateKey is not idempotent: retry it only when AWS surely did nothing (throttled, connection refused).
     const created = await this.call('CreateKey', alias, deadline, signal, 'throttle', (c, s) =>
-      c.send(
-        new CreateKeyCommand({ ...params, Description: `kmsbridge key '${name}'`, Tags: [{ TagKey: 'kmsbridge:name', TagValue: name }] }),
-        { abortSignal: s },
-      ),
+      c.send(new CreateKeyCommand({ ...params, Description: `kmsbridge key '${name}'`, Tags: [{ TagKey: 'kmsbridge:name', TagValue: name }] }), {
+        abortSignal: s,
+      }),
     );
     const id = created.KeyMetadata?.KeyId;
     if (!id) throw this.empty('CreateKey', alias, 'key id');
@@ -286,7 +298,9 @@ export class AwsBackend implements Backend {
     const worker = async () => {
       for (let i = next++; i < keyIds.length; i = next++) {
         const id = keyIds[i]!;
-        const r = await this.call('DescribeKey', id, deadline, signal, 'transient', (c, s) => c.send(new DescribeKeyCommand({ KeyId: id }), { abortSignal: s }));
+        const r = await this.call('DescribeKey', id, deadline, signal, 'transient', (c, s) =>
+          c.send(new DescribeKeyCommand({ KeyId: id }), { abortSignal: s }),
+        );
         const md = r.KeyMetadata;
         if (!md || !isUsableSpec(md.KeySpec) || md.KeyState === 'PendingDeletion' || md.KeyState === 'PendingImport') continue;
         const info = specInfo(md.KeySpec, id);
@@ -306,7 +320,9 @@ export class AwsBackend implements Backend {
   async delete(keyId: string, signal: AbortSignal): Promise<void> {
     const deadline = this.deadline();
     this.keys.delete(keyId);
-    const r = await this.call('DescribeKey', keyId, deadline, signal, 'transient', (c, s) => c.send(new DescribeKeyCommand({ KeyId: keyId }), { abortSignal: s }));
+    const r = await this.call('DescribeKey', keyId, deadline, signal, 'transient', (c, s) =>
+      c.send(new DescribeKeyCommand({ KeyId: keyId }), { abortSignal: s }),
+    );
     const id = r.KeyMetadata?.KeyId;
     if (!id) throw this.empty('DescribeKey', keyId, 'key id');
     if (r.KeyMetadata?.KeyState !== 'PendingDeletion') {
@@ -333,6 +349,9 @@ export class AwsBackend implements Backend {
   }
 
   private empty(op: string, keyId: string | undefined, what: string): KmsError {
-    return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `AWS KMS ${op}${keyId ? ` for ${keyId}` : ''} (keyring '${this.cfg.name}', ${this.settings.where}) returned no ${what}`);
+    return new KmsError(
+      ErrorCode.BACKEND_UNAVAILABLE,
+      `AWS KMS ${op}${keyId ? ` for ${keyId}` : ''} (keyring '${this.cfg.name}', ${this.settings.where}) returned no ${what}`,
+    );
   }
 }

@@ -209,7 +209,9 @@ export class LocalBackend implements Backend {
   private async openStore(create: boolean): Promise<{ key: Buffer; summary: string }> {
     if (this.kek) return this.kek;
     if (!create && !this.storeExists()) {
-      throw notFound(`keyring '${this.cfg.name}' has no keys yet (store ${this.dir} does not exist); create one with: kmsbridge keys create <name> --keyring ${this.cfg.name} --type ec-p256`);
+      throw notFound(
+        `keyring '${this.cfg.name}' has no keys yet (store ${this.dir} does not exist); create one with: kmsbridge keys create <name> --keyring ${this.cfg.name} --type ec-p256`,
+      );
     }
     this.opening ??= this.doOpen().finally(() => (this.opening = undefined));
     this.kek = await this.opening;
@@ -233,7 +235,9 @@ export class LocalBackend implements Backend {
     let summary: string;
     if (store.kek === 'passphrase') {
       if (!pass) {
-        throw keyUnusable(`keyring '${this.cfg.name}' (store ${this.dir}) is protected by a passphrase: set KMSBRIDGE_LOCAL_PASSPHRASE or passphrase_file in [keyrings.${this.cfg.name}]`);
+        throw keyUnusable(
+          `keyring '${this.cfg.name}' (store ${this.dir}) is protected by a passphrase: set KMSBRIDGE_LOCAL_PASSPHRASE or passphrase_file in [keyrings.${this.cfg.name}]`,
+        );
       }
       const kdf = store.kdf!;
       key = await scrypt(pass.passphrase, Buffer.from(kdf.salt, 'base64'), kdf);
@@ -243,7 +247,9 @@ export class LocalBackend implements Backend {
       }
     } else {
       if (pass) {
-        throw keyUnusable(`store ${this.dir} of keyring '${this.cfg.name}' is sealed by its key file, not a passphrase, but ${pass.origin} is set; unset it, or use a new store for passphrase protection`);
+        throw keyUnusable(
+          `store ${this.dir} of keyring '${this.cfg.name}' is sealed by its key file, not a passphrase, but ${pass.origin} is set; unset it, or use a new store for passphrase protection`,
+        );
       }
       const kekPath = path.join(this.dir, KEK_FILE);
       try {
@@ -270,7 +276,12 @@ export class LocalBackend implements Backend {
     if (pass) {
       const salt = crypto.randomBytes(16);
       key = await scrypt(pass.passphrase, salt, SCRYPT);
-      store = { format: 'kmsbridge-local-store', version: 1, kek: 'passphrase', kdf: { name: 'scrypt', N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p, salt: salt.toString('base64') } };
+      store = {
+        format: 'kmsbridge-local-store',
+        version: 1,
+        kek: 'passphrase',
+        kdf: { name: 'scrypt', N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p, salt: salt.toString('base64') },
+      };
     } else {
       const kekPath = path.join(this.dir, KEK_FILE);
       writeExclusive(kekPath, crypto.randomBytes(32)); // a concurrent creator may have won: use theirs
@@ -291,7 +302,9 @@ export class LocalBackend implements Backend {
       stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
     } catch {
       this.keys.delete(name);
-      throw notFound(`key '${name}' not found in keyring '${this.cfg.name}' (store ${this.dir}); list keys with: kmsbridge keys list --keyring ${this.cfg.name}`);
+      throw notFound(
+        `key '${name}' not found in keyring '${this.cfg.name}' (store ${this.dir}); list keys with: kmsbridge keys list --keyring ${this.cfg.name}`,
+      );
     }
     const cached = this.keys.get(name);
     if (cached && cached.stamp === stamp) return cached;
@@ -308,7 +321,9 @@ export class LocalBackend implements Backend {
     }
     const pkcs8 = unseal(kek.key, kf.sealed, keyAad(kf));
     if (!pkcs8) {
-      throw keyUnusable(`key '${name}' in keyring '${this.cfg.name}' failed its integrity check: ${file} was modified, or it was sealed under another key-encryption key`);
+      throw keyUnusable(
+        `key '${name}' in keyring '${this.cfg.name}' failed its integrity check: ${file} was modified, or it was sealed under another key-encryption key`,
+      );
     }
     try {
       const keyObject = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
@@ -471,7 +486,10 @@ export class LocalBackend implements Backend {
 }
 
 function alreadyExists(keyring: string, name: string): KmsError {
-  return new KmsError(ErrorCode.ALREADY_EXISTS, `key '${name}' already exists in keyring '${keyring}' (kms:${keyring}/${name}); pick another name or delete it first`);
+  return new KmsError(
+    ErrorCode.ALREADY_EXISTS,
+    `key '${name}' already exists in keyring '${keyring}' (kms:${keyring}/${name}); pick another name or delete it first`,
+  );
 }
 
 function sameCurve(nodeName: string, curve: Curve): boolean {
@@ -487,8 +505,7 @@ function scrypt(pass: Buffer, salt: Buffer, p: { N: number; r: number; p: number
 
 function generate(info: { keyType: KeyType; bits: number; curve?: Curve }): Promise<crypto.KeyPairKeyObjectResult> {
   return new Promise((resolve, reject) => {
-    const done = (err: Error | null, publicKey: crypto.KeyObject, privateKey: crypto.KeyObject) =>
-      err ? reject(err) : resolve({ publicKey, privateKey });
+    const done = (err: Error | null, publicKey: crypto.KeyObject, privateKey: crypto.KeyObject) => (err ? reject(err) : resolve({ publicKey, privateKey }));
     if (info.keyType === 'rsa') crypto.generateKeyPair('rsa', { modulusLength: info.bits, publicExponent: 0x10001 }, done);
     else if (info.keyType === 'ec') crypto.generateKeyPair('ec', { namedCurve: info.curve! }, done);
     else crypto.generateKeyPair('ed25519', {}, done);

@@ -54,7 +54,13 @@ export type { Pkcs11Report } from './pkcs11/report.js';
 const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 const HASH_MECH: Record<Digest, number> = { sha1: C.CKM_SHA_1, sha224: C.CKM_SHA224, sha256: C.CKM_SHA256, sha384: C.CKM_SHA384, sha512: C.CKM_SHA512 };
-const MGF1: Record<Digest, number> = { sha1: C.CKG_MGF1_SHA1, sha224: C.CKG_MGF1_SHA224, sha256: C.CKG_MGF1_SHA256, sha384: C.CKG_MGF1_SHA384, sha512: C.CKG_MGF1_SHA512 };
+const MGF1: Record<Digest, number> = {
+  sha1: C.CKG_MGF1_SHA1,
+  sha224: C.CKG_MGF1_SHA224,
+  sha256: C.CKG_MGF1_SHA256,
+  sha384: C.CKG_MGF1_SHA384,
+  sha512: C.CKG_MGF1_SHA512,
+};
 
 /** Which mechanism each algorithm needs, and which usage flag of the key. */
 const ALGORITHM_NEEDS: Record<Algorithm, { mech: number; use: 'sign' | 'decrypt' | 'derive'; keyType: TokenKey['keyType'] }> = {
@@ -153,9 +159,15 @@ export class Pkcs11Backend implements Backend {
       case C.CKR_SLOT_ID_INVALID:
       case C.CKR_DEVICE_ERROR:
       case C.CKR_TOKEN_NOT_RECOGNIZED:
-        return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} went away (${name}); check the HSM and its connection — kmsbridge finds it again at the next request`);
+        return new KmsError(
+          ErrorCode.BACKEND_UNAVAILABLE,
+          `${what}: ${tok} went away (${name}); check the HSM and its connection — kmsbridge finds it again at the next request`,
+        );
       case C.CKR_SESSION_COUNT:
-        return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} has no session left (${name}); lower max_sessions in [keyrings.${this.cfg.name}] or close other applications' sessions`);
+        return new KmsError(
+          ErrorCode.BACKEND_UNAVAILABLE,
+          `${what}: ${tok} has no session left (${name}); lower max_sessions in [keyrings.${this.cfg.name}] or close other applications' sessions`,
+        );
       default:
         return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${what}: ${tok} failed (${name})`, { cause: err });
     }
@@ -187,7 +199,9 @@ export class Pkcs11Backend implements Backend {
 
   private need(s: Session, mech: number, what: string): void {
     if (this.token.mechanismsOf(s).has(mech)) return;
-    throw unsupported(`${what}: ${this.token.name} does not offer ${C.MECHANISM_NAMES[mech] ?? `mechanism 0x${mech.toString(16)}`} (run kmsbridge doctor to see what it offers)`);
+    throw unsupported(
+      `${what}: ${this.token.name} does not offer ${C.MECHANISM_NAMES[mech] ?? `mechanism 0x${mech.toString(16)}`} (run kmsbridge doctor to see what it offers)`,
+    );
   }
 
   private allows(s: Session, k: TokenKey, alg: Algorithm): boolean {
@@ -358,7 +372,9 @@ export class Pkcs11Backend implements Backend {
 
   async create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }> {
     if (!KEY_NAME.test(name)) {
-      throw badRequest(`key name '${name}' is not valid for keyring '${this.cfg.name}': use letters, digits, '_', '.', '-' (at most 128); it becomes the key's CKA_LABEL`);
+      throw badRequest(
+        `key name '${name}' is not valid for keyring '${this.cfg.name}': use letters, digits, '_', '.', '-' (at most 128); it becomes the key's CKA_LABEL`,
+      );
     }
     // One creation at a time per keyring, so "no key has this label yet" still holds when the pair is made.
     const run = this.creating.then(() => this.doCreate(name, spec, signal, progress));
@@ -371,7 +387,10 @@ export class Pkcs11Backend implements Backend {
     const what = `create ${this.ref(keyId)}`;
     return this.op(what, signal, async (s) => {
       if (findObjects(s, selectorTemplate(C.CKO_PRIVATE_KEY, { label: name })).length > 0) {
-        throw new KmsError(ErrorCode.ALREADY_EXISTS, `a private key labelled '${name}' already exists on ${this.token.name} (${this.ref(keyId)}); pick another name or delete it first`);
+        throw new KmsError(
+          ErrorCode.ALREADY_EXISTS,
+          `a private key labelled '${name}' already exists on ${this.token.name} (${this.ref(keyId)}); pick another name or delete it first`,
+        );
       }
       const g = GENERATE[spec];
       this.need(s, g.mech, what);
@@ -514,7 +533,9 @@ export class Pkcs11Backend implements Backend {
     } else if (!this.settings.pin) {
       report.notes.push('no PIN configured: private objects are not shown');
     } else if (risky) {
-      report.notes.push(`not logged in: the token reports user PIN ${report.pinStatus!.join(', ')}; check ${this.settings.pin.origin} before anything tries it again`);
+      report.notes.push(
+        `not logged in: the token reports user PIN ${report.pinStatus!.join(', ')}; check ${this.settings.pin.origin} before anything tries it again`,
+      );
     } else {
       try {
         await this.op('doctor (logged in)', signal, (s) => {
@@ -526,7 +547,6 @@ export class Pkcs11Backend implements Backend {
     }
     return report;
   }
-
 }
 
 /** The peer's EC point (uncompressed) from its SPKI, after checking it is on the key's curve. */

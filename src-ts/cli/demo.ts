@@ -55,7 +55,25 @@ async function tlsSteps(n: number, work: string, socket: string): Promise<number
   process.stdout.write(`    module ${providerModule()}\n`);
 
   step(n++, 'making a self-signed certificate for kms:local/web-ec with openssl req (the CSR is signed through the provider)');
-  openssl(['req', '-new', '-x509', '-key', 'kms:local/web-ec', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', 'web-ec.crt'], work, env);
+  openssl(
+    [
+      'req',
+      '-new',
+      '-x509',
+      '-key',
+      'kms:local/web-ec',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=DNS:localhost',
+      '-days',
+      '1',
+      '-out',
+      'web-ec.crt',
+    ],
+    work,
+    env,
+  );
   openssl(['x509', '-in', 'web-ec.crt', '-noout', '-subject', '-fingerprint', '-sha256'], work);
   openssl(['verify', '-CAfile', 'web-ec.crt', 'web-ec.crt'], work);
 
@@ -89,12 +107,29 @@ async function tlsSteps(n: number, work: string, socket: string): Promise<number
     process.stdout.write(`    s_server listening on 127.0.0.1:${port}\n`);
 
     step(n++, 'connecting with a plain openssl client (no kmsbridge) that verifies the certificate in a TLS 1.3 handshake');
-    const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-tls1_3', '-CAfile', 'web-ec.crt', '-verify_return_error', '-verify_hostname', 'localhost', '-brief'], {
-      cwd: work,
-      input: 'GET / HTTP/1.0\r\n\r\n',
-      encoding: 'utf8',
-      timeout: 30_000,
-    });
+    const r = spawnSync(
+      'openssl',
+      [
+        's_client',
+        '-connect',
+        `127.0.0.1:${port}`,
+        '-servername',
+        'localhost',
+        '-tls1_3',
+        '-CAfile',
+        'web-ec.crt',
+        '-verify_return_error',
+        '-verify_hostname',
+        'localhost',
+        '-brief',
+      ],
+      {
+        cwd: work,
+        input: 'GET / HTTP/1.0\r\n\r\n',
+        encoding: 'utf8',
+        timeout: 30_000,
+      },
+    );
     const summary = (r.stderr + r.stdout).split('\n').filter((l) => /Protocol|Ciphersuite|Peer certificate|Signature type|Verification|Hash used/.test(l));
     for (const line of summary) process.stdout.write(`      ${line.trim()}\n`);
     if (r.status !== 0 || !/Verification: OK/.test(r.stderr + r.stdout)) {
@@ -110,7 +145,10 @@ export async function runDemo(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsbridge-demo-'));
   const socket = path.join(work, 'run', 'agent.sock');
   const configFile = path.join(work, 'config.toml');
-  fs.writeFileSync(configFile, `[agent]\naudit_log = "${path.join(work, 'audit.log')}"\n\n[keyrings.local]\ntype = "local"\npath = "${path.join(work, 'keys')}"\n`);
+  fs.writeFileSync(
+    configFile,
+    `[agent]\naudit_log = "${path.join(work, 'audit.log')}"\n\n[keyrings.local]\ntype = "local"\npath = "${path.join(work, 'keys')}"\n`,
+  );
   let agentLog = '';
   const agent = spawn(process.execPath, [process.argv[1]!, 'agent', '--foreground', '--config', configFile, '--socket', socket], {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -128,7 +166,14 @@ export async function runDemo(): Promise<void> {
     const digest = crypto.createHash('sha256').update(message).digest();
     const cases = [
       { name: 'web-ec', spec: 'ec-p256', sign: [{ tag: Tag.ALGORITHM, value: 'ecdsa' }] },
-      { name: 'web-rsa', spec: 'rsa-2048', sign: [{ tag: Tag.ALGORITHM, value: 'rsa-pss' }, { tag: Tag.SALT_LENGTH, value: 32 }] },
+      {
+        name: 'web-rsa',
+        spec: 'rsa-2048',
+        sign: [
+          { tag: Tag.ALGORITHM, value: 'rsa-pss' },
+          { tag: Tag.SALT_LENGTH, value: 32 },
+        ],
+      },
     ] as const;
     let n = 2;
     for (const c of cases) {
@@ -146,12 +191,7 @@ export async function runDemo(): Promise<void> {
 
       step(n++, `signing message.txt with ${d.uri} through the agent (SHA-256 computed here, only the digest is sent)`);
       const sig = (
-        await client.request(MsgType.SIGN, [
-          { tag: Tag.URI, value: d.uri },
-          ...c.sign,
-          { tag: Tag.DIGEST, value: 'sha256' },
-          { tag: Tag.DATA, value: digest },
-        ])
+        await client.request(MsgType.SIGN, [{ tag: Tag.URI, value: d.uri }, ...c.sign, { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.DATA, value: digest }])
       ).requireBytes(Tag.RESULT);
       fs.writeFileSync(path.join(work, `${c.name}.sig`), sig);
       process.stdout.write(`    ${sig.length}-byte signature received\n`);

@@ -121,7 +121,10 @@ export interface DevKmsState {
 function str(input: Json, name: string, required = true): string | undefined {
   const v = input[name];
   if (v === undefined || v === null) {
-    if (required) throw validation(`1 validation error detected: Value null at '${name.charAt(0).toLowerCase() + name.slice(1)}' failed to satisfy constraint: Member must not be null`);
+    if (required)
+      throw validation(
+        `1 validation error detected: Value null at '${name.charAt(0).toLowerCase() + name.slice(1)}' failed to satisfy constraint: Member must not be null`,
+      );
     return undefined;
   }
   if (typeof v !== 'string') throw new AwsFault(400, 'SerializationException', `${name} must be a string`);
@@ -131,7 +134,10 @@ function str(input: Json, name: string, required = true): string | undefined {
 function blob(input: Json, name: string): Buffer {
   const s = str(input, name)!;
   const b = Buffer.from(s, 'base64');
-  if (b.length === 0) throw validation(`1 validation error detected: Value at '${name.charAt(0).toLowerCase() + name.slice(1)}' failed to satisfy constraint: Member must have length greater than or equal to 1`);
+  if (b.length === 0)
+    throw validation(
+      `1 validation error detected: Value at '${name.charAt(0).toLowerCase() + name.slice(1)}' failed to satisfy constraint: Member must have length greater than or equal to 1`,
+    );
   return b;
 }
 
@@ -181,7 +187,11 @@ export class DevKmsStore {
     if (key.state === 'Disabled') throw new AwsFault(400, 'DisabledException', `${key.arn} is disabled.`);
     if (key.state === 'PendingDeletion') throw new AwsFault(400, 'KMSInvalidStateException', `${key.arn} is pending deletion.`);
     if (key.usage !== usage) {
-      throw new AwsFault(400, 'InvalidKeyUsageException', `You cannot perform this operation because the key usage of ${key.arn} is ${key.usage}. ${op} requires ${usage}.`);
+      throw new AwsFault(
+        400,
+        'InvalidKeyUsageException',
+        `You cannot perform this operation because the key usage of ${key.arn} is ${key.usage}. ${op} requires ${usage}.`,
+      );
     }
     return key;
   }
@@ -257,7 +267,8 @@ export class DevKmsStore {
   private createKey(input: Json): Json {
     const spec = str(input, 'KeySpec', false) ?? str(input, 'CustomerMasterKeySpec', false) ?? 'SYMMETRIC_DEFAULT';
     const info = SPECS[spec];
-    if (!info) throw new AwsFault(400, 'UnsupportedOperationException', `KeySpec ${spec} is not supported by the kmsbridge AWS KMS test double (asymmetric keys only)`);
+    if (!info)
+      throw new AwsFault(400, 'UnsupportedOperationException', `KeySpec ${spec} is not supported by the kmsbridge AWS KMS test double (asymmetric keys only)`);
     const usage = (str(input, 'KeyUsage', false) ?? 'ENCRYPT_DECRYPT') as KeyUsage;
     if (!info.usages.includes(usage)) throw validation(`KeyUsage ${usage} is not compatible with KeySpec ${spec}`);
     const pair = info.generate();
@@ -280,9 +291,12 @@ export class DevKmsStore {
   private createAlias(input: Json): Json {
     const name = str(input, 'AliasName')!;
     if (!/^alias\/[a-zA-Z0-9/_-]{1,250}$/.test(name)) {
-      throw validation(`1 validation error detected: Value '${name}' at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$`);
+      throw validation(
+        `1 validation error detected: Value '${name}' at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$`,
+      );
     }
-    if (name.startsWith('alias/aws/')) throw new AwsFault(400, 'NotAuthorizedException', 'Alias names starting with alias/aws/ are reserved for AWS managed keys.');
+    if (name.startsWith('alias/aws/'))
+      throw new AwsFault(400, 'NotAuthorizedException', 'Alias names starting with alias/aws/ are reserved for AWS managed keys.');
     if (this.aliases.has(name)) throw new AwsFault(400, 'AlreadyExistsException', `An alias with the name ${this.aliasArn(name)} already exists`);
     const target = str(input, 'TargetKeyId')!;
     if (target.startsWith('alias/')) throw validation('TargetKeyId must be a key id or key ARN, not an alias');
@@ -316,14 +330,20 @@ export class DevKmsStore {
     const key = this.usable(str(input, 'KeyId')!, 'SIGN_VERIFY', op);
     const algorithm = str(input, 'SigningAlgorithm')!;
     if (!SPECS[key.spec]!.signing.includes(algorithm)) {
-      throw new AwsFault(400, 'InvalidKeyUsageException', `Signing algorithm ${algorithm} is not valid for ${key.arn}; it supports ${SPECS[key.spec]!.signing.join(', ')}.`);
+      throw new AwsFault(
+        400,
+        'InvalidKeyUsageException',
+        `Signing algorithm ${algorithm} is not valid for ${key.arn}; it supports ${SPECS[key.spec]!.signing.join(', ')}.`,
+      );
     }
     const messageType = str(input, 'MessageType', false) ?? 'RAW';
     if (messageType !== 'RAW' && messageType !== 'DIGEST') throw validation(`MessageType ${messageType} is not valid`);
     const message = blob(input, 'Message');
     if (algorithm === 'ED25519_SHA_512' && messageType !== 'RAW') throw validation('ED25519_SHA_512 requires MessageType RAW');
     if (messageType === 'RAW' && message.length > MAX_RAW_MESSAGE) {
-      throw validation(`1 validation error detected: Value at 'message' failed to satisfy constraint: Member must have length less than or equal to ${MAX_RAW_MESSAGE}`);
+      throw validation(
+        `1 validation error detected: Value at 'message' failed to satisfy constraint: Member must have length less than or equal to ${MAX_RAW_MESSAGE}`,
+      );
     }
     if (messageType === 'DIGEST' && !algorithm.startsWith('ED25519')) {
       const want = { sha256: 32, sha384: 48, sha512: 64 }[hashOf(algorithm)];
@@ -375,7 +395,11 @@ export class DevKmsStore {
     const key = this.usable(keyId, 'ENCRYPT_DECRYPT', 'Decrypt');
     const algorithm = str(input, 'EncryptionAlgorithm', false) ?? 'SYMMETRIC_DEFAULT';
     if (!SPECS[key.spec]!.encryption.includes(algorithm)) {
-      throw new AwsFault(400, 'InvalidKeyUsageException', `Encryption algorithm ${algorithm} is not valid for ${key.arn}; it supports ${RSA_ENCRYPTION.join(', ')}.`);
+      throw new AwsFault(
+        400,
+        'InvalidKeyUsageException',
+        `Encryption algorithm ${algorithm} is not valid for ${key.arn}; it supports ${RSA_ENCRYPTION.join(', ')}.`,
+      );
     }
     let plaintext: Buffer;
     try {
@@ -395,7 +419,12 @@ export class DevKmsStore {
     let peer: crypto.KeyObject;
     try {
       peer = crypto.createPublicKey({ key: blob(input, 'PublicKey'), format: 'der', type: 'spki' });
-      return { KeyId: key.arn, SharedSecret: crypto.diffieHellman({ privateKey: key.privateKey, publicKey: peer }).toString('base64'), KeyAgreementAlgorithm: 'ECDH', KeyOrigin: 'AWS_KMS' };
+      return {
+        KeyId: key.arn,
+        SharedSecret: crypto.diffieHellman({ privateKey: key.privateKey, publicKey: peer }).toString('base64'),
+        KeyAgreementAlgorithm: 'ECDH',
+        KeyOrigin: 'AWS_KMS',
+      };
     } catch {
       throw validation('PublicKey is not a valid SubjectPublicKeyInfo on the curve of the key');
     }
@@ -404,7 +433,9 @@ export class DevKmsStore {
   private generateRandom(input: Json): Json {
     const n = input.NumberOfBytes;
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1024) {
-      throw validation(`1 validation error detected: Value '${String(n)}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024`);
+      throw validation(
+        `1 validation error detected: Value '${String(n)}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024`,
+      );
     }
     return { Plaintext: crypto.randomBytes(n).toString('base64') };
   }
@@ -414,7 +445,12 @@ export class DevKmsStore {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw validation('Limit must be between 1 and 1000');
     const marker = str(input, 'Marker', false);
     const start = marker === undefined ? 0 : Number.parseInt(marker, 10);
-    if (!Number.isInteger(start) || start < 0) throw new AwsFault(400, 'InvalidMarkerException', 'The request was rejected because the marker that specifies where pagination should next begin is not valid.');
+    if (!Number.isInteger(start) || start < 0)
+      throw new AwsFault(
+        400,
+        'InvalidMarkerException',
+        'The request was rejected because the marker that specifies where pagination should next begin is not valid.',
+      );
     const page = items.slice(start, start + limit);
     const more = start + limit < items.length;
     return { page, next: more ? { NextMarker: String(start + limit), Truncated: true } : { Truncated: false } };
@@ -431,7 +467,13 @@ export class DevKmsStore {
     const aliases = [...this.aliases.values()].filter((a) => target === undefined || a.keyId === target);
     const { page, next } = this.page(input, aliases);
     return {
-      Aliases: page.map((a) => ({ AliasName: a.name, AliasArn: this.aliasArn(a.name), TargetKeyId: a.keyId, CreationDate: a.created, LastUpdatedDate: a.created })),
+      Aliases: page.map((a) => ({
+        AliasName: a.name,
+        AliasArn: this.aliasArn(a.name),
+        TargetKeyId: a.keyId,
+        CreationDate: a.created,
+        LastUpdatedDate: a.created,
+      })),
       ...next,
     };
   }

@@ -97,7 +97,8 @@ export function checkFault(value: unknown): Fault {
   if (typeof f.operation !== 'string' || f.operation.length === 0) throw new Error('fault.operation must be an operation name or "*"');
   if (!(FAULT_KINDS as readonly string[]).includes(f.kind as string)) throw new Error(`fault.kind must be one of ${FAULT_KINDS.join(', ')}`);
   for (const n of ['times', 'delayMs', 'status'] as const) {
-    if (f[n] !== undefined && (typeof f[n] !== 'number' || !Number.isInteger(f[n]) || (f[n] as number) < 0)) throw new Error(`fault.${n} must be a whole number`);
+    if (f[n] !== undefined && (typeof f[n] !== 'number' || !Number.isInteger(f[n]) || (f[n] as number) < 0))
+      throw new Error(`fault.${n} must be a whole number`);
   }
   for (const s of ['type', 'message'] as const) {
     if (f[s] !== undefined && typeof f[s] !== 'string') throw new Error(`fault.${s} must be a string`);
@@ -218,10 +219,16 @@ export async function startDevKms(opts: DevKmsOptions): Promise<DevKmsServer> {
         case 'server-error': {
           const status = fault.status ?? 500;
           const type = fault.type ?? (status === 503 ? 'ServiceUnavailableException' : 'KMSInternalException');
-          return sendFault(res, new AwsFault(status, type, fault.message ?? 'The request was rejected because an internal exception occurred. The request can be retried.'));
+          return sendFault(
+            res,
+            new AwsFault(status, type, fault.message ?? 'The request was rejected because an internal exception occurred. The request can be retried.'),
+          );
         }
         case 'error':
-          return sendFault(res, new AwsFault(fault.status ?? 400, fault.type ?? 'AccessDeniedException', fault.message ?? 'User is not authorized to perform this operation'));
+          return sendFault(
+            res,
+            new AwsFault(fault.status ?? 400, fault.type ?? 'AccessDeniedException', fault.message ?? 'User is not authorized to perform this operation'),
+          );
         case 'drop':
           req.socket.destroy();
           return;

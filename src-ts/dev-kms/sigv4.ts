@@ -38,7 +38,9 @@ function headerValues(rawHeaders: string[]): Map<string, string[]> {
   return out;
 }
 
-function parseAuthorization(value: string): { accessKeyId: string; date: string; region: string; service: string; signedHeaders: string[]; signature: string } | undefined {
+function parseAuthorization(
+  value: string,
+): { accessKeyId: string; date: string; region: string; service: string; signedHeaders: string[]; signature: string } | undefined {
   if (!value.startsWith(ALGORITHM + ' ')) return undefined;
   const parts = new Map<string, string>();
   for (const piece of value.slice(ALGORITHM.length + 1).split(',')) {
@@ -75,7 +77,11 @@ export function verifySigV4(
   if (!authorization) return { status: 400, type: 'MissingAuthenticationTokenException', message: 'Missing Authentication Token' };
   const auth = parseAuthorization(authorization);
   if (!auth) {
-    return { status: 400, type: 'IncompleteSignatureException', message: `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters with algorithm ${ALGORITHM}.` };
+    return {
+      status: 400,
+      type: 'IncompleteSignatureException',
+      message: `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters with algorithm ${ALGORITHM}.`,
+    };
   }
   const cred = credentials.find((c) => c.accessKeyId === auth.accessKeyId);
   if (!cred) return { status: 400, type: 'UnrecognizedClientException', message: 'The security token included in the request is invalid.' };
@@ -83,7 +89,11 @@ export function verifySigV4(
     return { status: 400, type: 'InvalidSignatureException', message: `Credential should be scoped to correct service: 'kms'.` };
   }
   if (auth.region !== region) {
-    return { status: 400, type: 'InvalidSignatureException', message: `Credential should be scoped to a valid region, not '${auth.region}'. This endpoint serves '${region}'.` };
+    return {
+      status: 400,
+      type: 'InvalidSignatureException',
+      message: `Credential should be scoped to a valid region, not '${auth.region}'. This endpoint serves '${region}'.`,
+    };
   }
   for (const required of ['host', 'x-amz-date']) {
     if (!auth.signedHeaders.includes(required)) {
@@ -96,7 +106,11 @@ export function verifySigV4(
     return { status: 400, type: 'IncompleteSignatureException', message: 'Date must be in ISO-8601 basic format and match the credential scope.' };
   }
   if (Math.abs(now - when) > MAX_SKEW_MS) {
-    return { status: 400, type: 'InvalidSignatureException', message: 'Signature expired: the request time is more than 15 minutes away from the server time.' };
+    return {
+      status: 400,
+      type: 'InvalidSignatureException',
+      message: 'Signature expired: the request time is more than 15 minutes away from the server time.',
+    };
   }
   const token = headers.get('x-amz-security-token')?.[0];
   if ((cred.sessionToken ?? undefined) !== token) {

@@ -22,10 +22,7 @@ export interface WorkerInit {
 /** Messages from the host: describe a key (for kb.describe) or stop. */
 export type HostMessage = { id: number; op: 'describe'; uri: string } | { id: number; op: 'close' };
 export type WorkerMessage =
-  | { ready: true }
-  | { ready: false; error: string }
-  | { id: number; ok: true; frame?: Uint8Array }
-  | { id: number; ok: false; code: number; message: string };
+  { ready: true } | { ready: false; error: string } | { id: number; ok: true; frame?: Uint8Array } | { id: number; ok: false; code: number; message: string };
 
 async function main(): Promise<void> {
   const port = parentPort!;
@@ -74,7 +71,12 @@ async function main(): Promise<void> {
       return;
     }
     ks.describe(m.uri).then(
-      (d) => port.postMessage({ id: m.id, ok: true, frame: encodeFrame({ id: m.id, type: MsgType.DESCRIBE | REPLY_BIT, status: 0, fields: describeToFields(d) }) } satisfies WorkerMessage),
+      (d) =>
+        port.postMessage({
+          id: m.id,
+          ok: true,
+          frame: encodeFrame({ id: m.id, type: MsgType.DESCRIBE | REPLY_BIT, status: 0, fields: describeToFields(d) }),
+        } satisfies WorkerMessage),
       (err) => {
         const e = asKmsError(err);
         port.postMessage({ id: m.id, ok: false, code: e.code, message: e.message } satisfies WorkerMessage);

@@ -59,11 +59,7 @@ export function describeToFields(d: KeyDescription): Field[] {
     { tag: Tag.BITS, value: d.bits },
   ];
   if (d.curve) f.push({ tag: Tag.CURVE, value: d.curve });
-  f.push(
-    { tag: Tag.PUBLIC_KEY, value: d.publicKey },
-    { tag: Tag.ALGORITHMS, value: d.algorithms.join(',') },
-    { tag: Tag.DIGESTS, value: d.digests.join(',') },
-  );
+  f.push({ tag: Tag.PUBLIC_KEY, value: d.publicKey }, { tag: Tag.ALGORITHMS, value: d.algorithms.join(',') }, { tag: Tag.DIGESTS, value: d.digests.join(',') });
   if (d.mandatoryDigest) f.push({ tag: Tag.MANDATORY_DIGEST, value: d.mandatoryDigest });
   f.push({ tag: Tag.PSS_SALT, value: d.pssSalt });
   if (d.maxMessage !== undefined) f.push({ tag: Tag.MAX_MESSAGE, value: d.maxMessage });

@@ -123,9 +123,17 @@ export function toKmsError(f: Failure, c: Context, cause: unknown): KmsError {
     case 'malformed':
       return new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${subject(c)}: malformed answer from ${c.where}${tries}: ${f.message}`, { cause });
     case 'throttle':
-      return new KmsError(ErrorCode.THROTTLED, `${subject(c)}: throttled by AWS KMS${tries}: ${f.message || f.type}; lower the request rate or ask AWS for a higher quota`, { cause });
+      return new KmsError(
+        ErrorCode.THROTTLED,
+        `${subject(c)}: throttled by AWS KMS${tries}: ${f.message || f.type}; lower the request rate or ask AWS for a higher quota`,
+        { cause },
+      );
     case 'server':
-      return new KmsError(BY_TYPE[f.type] ?? ErrorCode.BACKEND_UNAVAILABLE, `${subject(c)}: AWS KMS failed${tries}: ${f.type}: ${f.message || `HTTP ${f.status ?? '5xx'}`}`, { cause });
+      return new KmsError(
+        BY_TYPE[f.type] ?? ErrorCode.BACKEND_UNAVAILABLE,
+        `${subject(c)}: AWS KMS failed${tries}: ${f.type}: ${f.message || `HTTP ${f.status ?? '5xx'}`}`,
+        { cause },
+      );
     case 'aborted':
       return new KmsError(ErrorCode.TIMEOUT, `${subject(c)}: cancelled`, { cause });
     case 'refused': {

@@ -48,9 +48,7 @@ const AWS_DIGEST: Partial<Record<Digest, string>> = { sha256: 'SHA_256', sha384:
 export function specInfo(awsSpec: string | undefined, keyId: string): SpecInfo {
   const info = awsSpec ? AWS_SPECS[awsSpec] : undefined;
   if (!info) {
-    throw unsupported(
-      `AWS KMS key ${keyId} has key spec ${awsSpec ?? 'unknown'}, which kmsbridge does not use (it uses ${Object.keys(AWS_SPECS).join(', ')})`,
-    );
+    throw unsupported(`AWS KMS key ${keyId} has key spec ${awsSpec ?? 'unknown'}, which kmsbridge does not use (it uses ${Object.keys(AWS_SPECS).join(', ')})`);
   }
   return info;
 }
@@ -65,7 +63,9 @@ export function createParameters(spec: KeySpec, usage: AwsKeyUsage, keyring: str
   const keyType = AWS_SPECS[awsSpec]!.keyType;
   const fits = usage === 'SIGN_VERIFY' || (usage === 'ENCRYPT_DECRYPT' && keyType === 'rsa') || (usage === 'KEY_AGREEMENT' && keyType === 'ec');
   if (!fits) {
-    throw unsupported(`AWS KMS does not make ${spec} keys for ${usage} (keyring '${keyring}' has key_usage = "${usage}"): ENCRYPT_DECRYPT is for RSA keys, KEY_AGREEMENT for EC keys`);
+    throw unsupported(
+      `AWS KMS does not make ${spec} keys for ${usage} (keyring '${keyring}' has key_usage = "${usage}"): ENCRYPT_DECRYPT is for RSA keys, KEY_AGREEMENT for EC keys`,
+    );
   }
   return { KeySpec: awsSpec, KeyUsage: usage };
 }
@@ -84,7 +84,15 @@ export interface AwsKeyInfo {
 /** What a key can do, from GetPublicKey's answer. */
 export function describeKey(
   keyId: string,
-  r: { KeyId?: string; KeySpec?: string; KeyUsage?: string; PublicKey?: Uint8Array; SigningAlgorithms?: string[]; EncryptionAlgorithms?: string[]; KeyAgreementAlgorithms?: string[] },
+  r: {
+    KeyId?: string;
+    KeySpec?: string;
+    KeyUsage?: string;
+    PublicKey?: Uint8Array;
+    SigningAlgorithms?: string[];
+    EncryptionAlgorithms?: string[];
+    KeyAgreementAlgorithms?: string[];
+  },
 ): AwsKeyInfo {
   const info = specInfo(r.KeySpec, keyId);
   if (!r.PublicKey || r.PublicKey.length === 0) throw unsupported(`AWS KMS returned no public key for ${keyId}`);
@@ -174,7 +182,12 @@ export function signParameters(key: AwsKeyInfo, keyId: string, req: SignRequest)
   }
 }
 
-function offered(key: AwsKeyInfo, keyId: string, algorithm: string, messageType: 'DIGEST' | 'RAW'): { SigningAlgorithm: SigningAlgorithmSpec; MessageType: 'DIGEST' | 'RAW' } {
+function offered(
+  key: AwsKeyInfo,
+  keyId: string,
+  algorithm: string,
+  messageType: 'DIGEST' | 'RAW',
+): { SigningAlgorithm: SigningAlgorithmSpec; MessageType: 'DIGEST' | 'RAW' } {
   if (!key.signing.includes(algorithm)) {
     throw unsupported(`AWS KMS key ${keyId} does not offer ${algorithm}; it offers ${key.signing.join(', ') || 'no signing algorithm'}`);
   }

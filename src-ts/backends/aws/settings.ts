@@ -38,7 +38,8 @@ function integer(cfg: KeyringConfig, key: string, dflt: number, min: number, max
 
 export function readAwsSettings(cfg: KeyringConfig, env: NodeJS.ProcessEnv = process.env): AwsSettings {
   const region = optionalString(cfg, 'region');
-  if (region !== undefined && !/^[a-z0-9-]{2,32}$/.test(region)) throw badRequest(`keyrings.${cfg.name}.region '${region}' is not an AWS region name (e.g. eu-west-1)`);
+  if (region !== undefined && !/^[a-z0-9-]{2,32}$/.test(region))
+    throw badRequest(`keyrings.${cfg.name}.region '${region}' is not an AWS region name (e.g. eu-west-1)`);
   const endpoint = optionalString(cfg, 'endpoint');
   if (endpoint !== undefined) {
     let url: URL;

@@ -74,7 +74,9 @@ export function parseKeyId(keyId: string): KeySelector {
         break;
       case 'type':
         if (value !== 'private') {
-          throw badRequest(`key-id '${keyId}' asks for type=${value}: a kmsbridge key is the private key (type=private), its public half is read along with it`);
+          throw badRequest(
+            `key-id '${keyId}' asks for type=${value}: a kmsbridge key is the private key (type=private), its public half is read along with it`,
+          );
         }
         break;
       default:

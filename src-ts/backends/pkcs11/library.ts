@@ -178,7 +178,14 @@ export function tokensSeen(lib: PKCS11): TokenSeen[] {
   for (const slot of lib.C_GetSlotList(true)) {
     try {
       const ti = lib.C_GetTokenInfo(slot);
-      out.push({ slot: slotNumber(slot), initialized: (ti.flags & C.CKF_TOKEN_INITIALIZED) !== 0, label: trimmed(ti.label), serial: trimmed(ti.serialNumber), model: trimmed(ti.model), manufacturer: trimmed(ti.manufacturerID) });
+      out.push({
+        slot: slotNumber(slot),
+        initialized: (ti.flags & C.CKF_TOKEN_INITIALIZED) !== 0,
+        label: trimmed(ti.label),
+        serial: trimmed(ti.serialNumber),
+        model: trimmed(ti.model),
+        manufacturer: trimmed(ti.manufacturerID),
+      });
     } catch {
       /* a slot that cannot be read is not a candidate */
     }

@@ -46,7 +46,11 @@ export function attribute(s: Session, obj: Buffer, type: number): Buffer | undef
 export function attributes(s: Session, obj: Buffer, types: number[]): Map<number, Buffer> {
   const out = new Map<number, Buffer>();
   try {
-    for (const a of s.lib.C_GetAttributeValue(s.handle, obj, types.map((type) => ({ type })))) {
+    for (const a of s.lib.C_GetAttributeValue(
+      s.handle,
+      obj,
+      types.map((type) => ({ type })),
+    )) {
       if (a.value) out.set(a.type, a.value);
     }
     return out;
@@ -262,6 +266,8 @@ export function notFoundDetail(s: Session, sel: KeySelector): string {
 
 export function checkTokenOf(sel: KeySelector, tokenLabel: string | undefined, keyId: string): void {
   if (sel.token !== undefined && sel.token !== tokenLabel) {
-    throw badRequest(`key-id '${keyId}' names token '${sel.token}', but this keyring uses ${tokenLabel !== undefined ? `token '${tokenLabel}'` : 'a token chosen by slot'}; drop token= or use the keyring of that token`);
+    throw badRequest(
+      `key-id '${keyId}' names token '${sel.token}', but this keyring uses ${tokenLabel !== undefined ? `token '${tokenLabel}'` : 'a token chosen by slot'}; drop token= or use the keyring of that token`,
+    );
   }
 }

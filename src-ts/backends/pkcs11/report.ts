@@ -50,7 +50,6 @@ export function tokenFlags(f: number): string[] {
   return names.filter(([bit]) => f & bit).map(([, n]) => n);
 }
 
-
 /** The library's own description and every slot it reports, into `report`; false when the slots cannot be read. */
 export function libraryReport(lib: LoadedLibrary, report: Pkcs11Report, explain: (err: unknown) => string): boolean {
   try {

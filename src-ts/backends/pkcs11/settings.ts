@@ -70,7 +70,8 @@ function envPin(name: string, keyring: string): PinSource {
     rereadable: false,
     read: () => {
       const v = process.env[name];
-      if (v === undefined || v.length === 0) throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} is not set in the environment of the agent; set it where the agent starts`);
+      if (v === undefined || v.length === 0)
+        throw new KmsError(ErrorCode.ACCESS_DENIED, `${origin} is not set in the environment of the agent; set it where the agent starts`);
       return v;
     },
   };

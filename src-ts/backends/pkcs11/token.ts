@@ -200,7 +200,10 @@ export class Token {
     }
     const ti = lib.C_GetTokenInfo(slot);
     if (!(ti.flags & C.CKF_TOKEN_INITIALIZED)) {
-      throw new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `${this.name} (slot ${slotNumber(slot)}) is not initialized; initialize it with the token's tools first`);
+      throw new KmsError(
+        ErrorCode.BACKEND_UNAVAILABLE,
+        `${this.name} (slot ${slotNumber(slot)}) is not initialized; initialize it with the token's tools first`,
+      );
     }
     const tokenMax = [countLimit(ti.maxSessionCount), countLimit(ti.maxRwSessionCount)].filter((n): n is number => n !== undefined);
     this.limit = Math.max(1, Math.min(this.opts.maxSessions, ...tokenMax));
@@ -366,7 +369,9 @@ export class Token {
     }
     const check = this.pinCheck(pin);
     if (this.rejectedPin?.equals(check)) {
-      const fix = this.opts.pin!.rereadable ? `correct ${this.opts.pin!.origin} (it is read again at the next request)` : `correct ${this.opts.pin!.origin} and restart the agent`;
+      const fix = this.opts.pin!.rereadable
+        ? `correct ${this.opts.pin!.origin} (it is read again at the next request)`
+        : `correct ${this.opts.pin!.origin} and restart the agent`;
       throw new KmsError(
         ErrorCode.ACCESS_DENIED,
         `${this.name} rejected the PIN from ${this.opts.pin!.origin} at ${this.rejectedAt}; kmsbridge does not try a rejected PIN again, so the token's failed-login counter is not walked toward lockout: ${fix}`,
@@ -420,7 +425,9 @@ export class Token {
       if (rv === C.CKR_PIN_INCORRECT || rv === C.CKR_PIN_INVALID || rv === C.CKR_PIN_LEN_RANGE) {
         this.rejectedPin = check;
         this.rejectedAt = new Date().toISOString();
-        const fix = this.opts.pin.rereadable ? `correct ${this.opts.pin.origin}; it is read again at the next request` : `correct ${this.opts.pin.origin} and restart the agent`;
+        const fix = this.opts.pin.rereadable
+          ? `correct ${this.opts.pin.origin}; it is read again at the next request`
+          : `correct ${this.opts.pin.origin} and restart the agent`;
         throw new KmsError(
           ErrorCode.ACCESS_DENIED,
           `${this.name} rejected the PIN from ${this.opts.pin.origin} (${ckrName(err)}); kmsbridge will not try this PIN again, so the token is not walked toward lockout: ${fix}`,
@@ -428,10 +435,16 @@ export class Token {
       }
       if (rv === C.CKR_PIN_LOCKED) throw this.lockedError();
       if (rv === C.CKR_PIN_EXPIRED) {
-        throw new KmsError(ErrorCode.ACCESS_DENIED, `the user PIN of ${this.name} has expired; set a new one (pkcs11-tool --change-pin, or the HSM vendor's tool) and update ${this.opts.pin.origin}`);
+        throw new KmsError(
+          ErrorCode.ACCESS_DENIED,
+          `the user PIN of ${this.name} has expired; set a new one (pkcs11-tool --change-pin, or the HSM vendor's tool) and update ${this.opts.pin.origin}`,
+        );
       }
       if (rv === C.CKR_USER_PIN_NOT_INITIALIZED) {
-        throw new KmsError(ErrorCode.ACCESS_DENIED, `${this.name} has no user PIN yet; set one with the token's tools (softhsm2-util --init-token, pkcs11-tool --init-pin)`);
+        throw new KmsError(
+          ErrorCode.ACCESS_DENIED,
+          `${this.name} has no user PIN yet; set one with the token's tools (softhsm2-util --init-token, pkcs11-tool --init-pin)`,
+        );
       }
       throw err;
     }
