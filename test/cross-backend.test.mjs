@@ -5,7 +5,7 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { sandbox, startAgent, openssl, opensslOk, ROOT } from './lib/env.mjs';
 import { selectedFixtures } from './lib/backends.mjs';
 import { AgentClient } from '../dist/agent/client.js';
@@ -26,6 +26,46 @@ async function providerDoor(t, box, uri, pub, v) {
   t.equal(r.status, 0, `provider door: openssl pkeyutl -sign ${r.stderr.trim()}`);
   const verify = openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('door-in'), '-sigfile', box.file('door-sig'), ...opts]);
   t.equal(verify.status, 0, `provider door: plain openssl verifies ${verify.stderr.trim()}`);
+}
+
+const ENGINE_SO = path.join(ROOT, 'build', 'ossl-modules', 'kmsbridge.so');
+
+/** The ENGINE door: `openssl pkeyutl -engine kmsbridge.so -keyform engine -sign`, verified by plain openssl. */
+async function engineDoor(t, box, uri, pub, v) {
+  const message = fs.readFileSync(box.file('msg'));
+  fs.writeFileSync(box.file('door-in'), crypto.createHash(v.digest).update(message).digest());
+  const opts = ['-pkeyopt', `digest:${v.digest}`, ...v.opts];
+  const r = openssl(['pkeyutl', '-sign', '-engine', ENGINE_SO, '-keyform', 'engine', '-inkey', uri, '-in', box.file('door-in'), '-out', box.file('door-sig'), ...opts], { env: box.env });
+  t.equal(r.status, 0, `ENGINE door: openssl pkeyutl -engine -sign ${r.stderr.trim()}`);
+  const verify = openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('door-in'), '-sigfile', box.file('door-sig'), ...opts]);
+  t.equal(verify.status, 0, `ENGINE door: plain openssl verifies ${verify.stderr.trim()}`);
+}
+
+/** One TLS 1.3 handshake: openssl s_server with |serverArgs|, a plain openssl client verifying against |ca|. */
+async function handshake(box, serverArgs, ca) {
+  const server = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-naccept', '1', '-www', ...serverArgs], { env: box.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const port = await new Promise((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`s_server did not start: ${out}`)), 30_000);
+      const onData = (d) => {
+        out += d;
+        const m = /ACCEPT .*:(\d+)/.exec(out);
+        if (m) (clearTimeout(timer), resolve(Number(m[1])));
+      };
+      server.stdout.on('data', onData);
+      server.stderr.on('data', onData);
+      server.once('exit', () => (clearTimeout(timer), reject(new Error(`s_server exited: ${out}`))));
+    });
+    const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-tls1_3', '-CAfile', ca, '-verify_return_error', '-verify_hostname', 'localhost', '-brief'], {
+      input: 'GET / HTTP/1.0\r\n\r\n',
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    return r.stdout + r.stderr;
+  } finally {
+    server.kill();
+  }
 }
 
 /** The Node door: crypto.sign in a fresh process with kmsbridge.load(), verified by openssl. */
@@ -92,6 +132,7 @@ for (const backend of selectedFixtures()) {
         }
         // The same key through the other doors: the system openssl with the provider, and Node in-process.
         await providerDoor(t, box, uri, pub, variants[0]);
+        if (!spec.startsWith('ed')) await engineDoor(t, box, uri, pub, variants[0]);
         await nodeDoor(t, box, uri, pub, spec);
 
         // A backend that fixes a key's usage at creation (AWS KMS) decrypts and derives with keys made for that.
@@ -110,6 +151,9 @@ for (const backend of selectedFixtures()) {
           const ct = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', dec.pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${oaepMd}`], { input: secret });
           const f = await client.request(MsgType.DECRYPT, [{ tag: Tag.URI, value: dec.uri }, { tag: Tag.ALGORITHM, value: 'rsa-oaep' }, { tag: Tag.DIGEST, value: oaepMd }, { tag: Tag.DATA, value: ct }]);
           t.same(f.requireBytes(Tag.RESULT), secret, `OAEP-${oaepMd} decrypts what openssl encrypted`);
+          fs.writeFileSync(box.file('ct'), ct);
+          const viaProvider = openssl(['pkeyutl', '-decrypt', ...PROVIDER, '-inkey', dec.uri, '-in', box.file('ct'), '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${oaepMd}`], { env: box.env });
+          t.same(viaProvider.stdout, secret, `provider door: openssl pkeyutl -decrypt ${viaProvider.stderr.trim()}`);
         }
         if (spec.startsWith('ec') && !backend.limits.noEcdh) {
           const curve = { 'ec-p256': 'P-256', 'ec-p384': 'P-384', 'ec-p521': 'P-521' }[spec];
@@ -118,10 +162,28 @@ for (const backend of selectedFixtures()) {
           const peerSpki = opensslOk(t, ['pkey', '-in', peer, '-pubout', '-outform', 'DER']);
           const agree = await keyFor('ecdh');
           const f = await client.request(MsgType.DERIVE, [{ tag: Tag.URI, value: agree.uri }, { tag: Tag.PEER_KEY, value: peerSpki }]);
-          t.same(f.requireBytes(Tag.RESULT), opensslOk(t, ['pkeyutl', '-derive', '-inkey', peer, '-peerkey', agree.pub]), 'ECDH matches openssl pkeyutl -derive');
+          const expected = opensslOk(t, ['pkeyutl', '-derive', '-inkey', peer, '-peerkey', agree.pub]);
+          t.same(f.requireBytes(Tag.RESULT), expected, 'ECDH matches openssl pkeyutl -derive');
+          const peerPub = box.file(`peer-${spec}.pub.pem`);
+          opensslOk(t, ['pkey', '-in', peer, '-pubout', '-out', peerPub]);
+          const viaProvider = openssl(['pkeyutl', '-derive', ...PROVIDER, '-inkey', agree.uri, '-peerkey', peerPub], { env: box.env });
+          t.same(viaProvider.stdout, expected, `provider door: openssl pkeyutl -derive ${viaProvider.stderr.trim()}`);
         }
       });
     }
+
+    t.test(`${backend.name}: a certificate made through the provider serves TLS 1.3 from s_server, through the provider and the ENGINE`, async (t) => {
+      const uri = await backend.createKey(t, box, fx, 'tls', 'ec-p256');
+      const cert = box.file('tls.crt');
+      let r = openssl(['req', ...PROVIDER, '-new', '-x509', '-key', uri, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', cert], { env: box.env });
+      t.equal(r.status, 0, `openssl req -x509 through the provider ${r.stderr.trim()}`);
+      r = openssl(['verify', '-CAfile', cert, cert]);
+      t.match(r.stdout.toString(), /OK/, 'the self-signed certificate verifies with plain openssl');
+      for (const [door, args] of [['provider', [...PROVIDER, '-key', uri]], ['ENGINE', ['-engine', ENGINE_SO, '-keyform', 'engine', '-key', uri]]]) {
+        const out = await handshake(box, ['-cert', cert, ...args], cert);
+        t.match(out, /Verification: OK/, `${door} door: a plain openssl client completes TLS 1.3 and verifies the certificate`);
+      }
+    });
 
     t.test(`${backend.name}: describe reports the same public key the independent tool read`, async (t) => {
       const uri = await backend.createKey(t, box, fx, 'describe-me', backend.specs.find((s) => s.startsWith('ec')) ?? backend.specs[0]);
