@@ -33,6 +33,14 @@ int kb_channel_call(struct kb_channel *ch, struct kb_buf *req,
                                                            : KB_STATUS_INTERNAL,
                "%s", m != NULL ? m : kb_wire_status_name((*reply)->status));
     free(m);
+    /*
+     * The message comes from the peer and ends up on the application's
+     * terminal and in its logs: no control characters (escape sequences,
+     * forged log lines) get through.
+     */
+    for (char *c = err->msg; *c != '\0'; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
     kb_wire_msg_free(*reply);
     *reply = NULL;
     return 0;
