@@ -77,7 +77,8 @@ export async function setup(t) {
   const ctx = { dir, sock, env, conf, agent: null, file: (name) => path.join(dir, name) };
   ctx.startAgent = async () => {
     ctx.agent = spawn(process.execPath, [CLI, 'agent', '--foreground'], { env, stdio: 'ignore' });
-    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await sleep(100);
+    // up to 60 s: a loaded 2-core machine can take well over 10 s to start an agent
+    for (let i = 0; i < 600 && !fs.existsSync(sock); i++) await sleep(100);
     if (!fs.existsSync(sock)) throw new Error('the agent did not start');
   };
   ctx.stopAgent = async () => {

@@ -191,6 +191,28 @@ ${server('rsa')}
     t.equal(new Set(served).size, WORKERS, 'every worker works again');
   });
 
+  t.test(`nginx with ${WORKERS} workers under 30 s of wrk load: every request a full handshake signed by kms keys, no error, no deadlock`, async (t) => {
+    const seconds = Number(process.env.KMSBRIDGE_NGINX_LOAD_SECONDS ?? 30);
+    const signs = () => fs.readFileSync(debugLog, 'utf8').split('\n').filter((l) => /-> SIGN /.test(l)).length;
+    const before = signs();
+    // Connection: close makes every request a new connection, so a new handshake and a new signature.
+    const r = spawnSync('wrk', ['-t2', '-c8', `-d${seconds}s`, '--timeout', '10s', '-H', 'Connection: close', `https://127.0.0.1:${ports.ec}/`], {
+      encoding: 'utf8',
+      timeout: (seconds + 60) * 1000,
+    });
+    t.equal(r.status, 0, `wrk: ${r.stderr}`);
+    const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? 0);
+    t.ok(requests > 100, `${requests} requests in ${seconds} s`);
+    t.notMatch(r.stdout, /Socket errors|Non-2xx/, `no socket error, every response 2xx:\n${r.stdout}`);
+    const signed = signs() - before;
+    // The client's TLS stack checks every handshake signature against the certificate's key.
+    t.ok(signed >= requests, `${signed} signatures by the workers for ${requests} handshakes`);
+    t.comment(`wrk: ${requests} handshakes in ${seconds} s through ${WORKERS} workers, ${signed} kms signatures`);
+    const after = fetchMany('ec', '1.3', 8);
+    t.ok(after.r.status === 0 && after.status.every((x) => x === '200 0 1'), 'afterwards curl still gets verified answers: no worker is stuck');
+    t.equal(master.exitCode, null, 'nginx kept running');
+  });
+
   t.test('every worker opened its own agent connection and signed there; the master signed nothing', async (t) => {
     const log = fs.readFileSync(debugLog, 'utf8').split('\n');
     const byPid = (re) => {
