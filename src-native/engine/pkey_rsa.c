@@ -223,6 +223,54 @@ static int kb_rsa_sign(EVP_PKEY_CTX *ctx, unsigned char *sig, size_t *siglen,
     return 1;
 }
 
+/* The padding parameters of an RSA encryption or decryption, in wire terms. */
+struct rsa_cipher_params {
+    const char *alg;
+    const char *digest; /* OAEP only */
+    const char *mgf1;
+    unsigned char *label;
+    int labellen;
+};
+
+/*
+ * Reads OAEP or PKCS#1 v1.5 parameters from |ctx|; raises and returns 0 for
+ * any other padding (|op| names the operation in the message).
+ */
+static int read_cipher_params(EVP_PKEY_CTX *ctx, const char *op,
+                              struct rsa_cipher_params *p)
+{
+    int pad = RSA_PKCS1_PADDING;
+    const EVP_MD *md = NULL, *mgf1md = NULL;
+
+    memset(p, 0, sizeof(*p));
+    if (EVP_PKEY_CTX_get_rsa_padding(ctx, &pad) <= 0)
+        return 0;
+    switch (pad) {
+    case RSA_PKCS1_OAEP_PADDING:
+        p->alg = "rsa-oaep";
+        if (EVP_PKEY_CTX_get_rsa_oaep_md(ctx, &md) <= 0 ||
+            EVP_PKEY_CTX_get_rsa_mgf1_md(ctx, &mgf1md) <= 0 ||
+            !wire_digest(md, &p->digest) || !wire_digest(mgf1md, &p->mgf1))
+            return 0;
+        if (p->digest == NULL)
+            p->digest = "sha1"; /* OAEP's default, as in OpenSSL */
+        p->labellen = EVP_PKEY_CTX_get0_rsa_oaep_label(ctx, &p->label);
+        if (p->labellen < 0)
+            p->labellen = 0;
+        return 1;
+    case RSA_PKCS1_PADDING:
+        /* the wire names PKCS#1 v1.5 after its decryption, both ways */
+        p->alg = "rsa-pkcs1-decrypt";
+        return 1;
+    default:
+        kb_eng_raise(KB_R_UNSUPPORTED,
+                     "RSA %s padding %s: kmsbridge does OAEP and PKCS#1 v1.5 "
+                     "with the key manager; key managers do not offer raw RSA",
+                     op, pad_name(pad));
+        return 0;
+    }
+}
+
 static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
                           const unsigned char *in, size_t inlen)
 {
@@ -236,35 +284,12 @@ static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
         return 1;
     }
 
-    int pad = RSA_PKCS1_PADDING, labellen = 0;
-    const EVP_MD *md = NULL, *mgf1md = NULL;
-    const char *alg, *digest = NULL, *mgf1 = NULL;
-    unsigned char *label = NULL;
-    if (EVP_PKEY_CTX_get_rsa_padding(ctx, &pad) <= 0)
+    struct rsa_cipher_params p;
+    if (!read_cipher_params(ctx, "decryption", &p))
         return 0;
-    switch (pad) {
-    case RSA_PKCS1_OAEP_PADDING:
-        alg = "rsa-oaep";
-        if (EVP_PKEY_CTX_get_rsa_oaep_md(ctx, &md) <= 0 ||
-            EVP_PKEY_CTX_get_rsa_mgf1_md(ctx, &mgf1md) <= 0 ||
-            !wire_digest(md, &digest) || !wire_digest(mgf1md, &mgf1))
-            return 0;
-        if (digest == NULL)
-            digest = "sha1"; /* OAEP's default, as in OpenSSL */
-        labellen = EVP_PKEY_CTX_get0_rsa_oaep_label(ctx, &label);
-        if (labellen < 0)
-            labellen = 0;
-        break;
-    case RSA_PKCS1_PADDING:
-        alg = "rsa-pkcs1-decrypt";
-        break;
-    default:
-        kb_eng_raise(KB_R_UNSUPPORTED,
-                     "RSA decryption padding %s: kmsbridge decrypts OAEP and "
-                     "PKCS#1 v1.5; key managers do not offer raw RSA",
-                     pad_name(pad));
-        return 0;
-    }
+    const char *alg = p.alg, *digest = p.digest, *mgf1 = p.mgf1;
+    const unsigned char *label = p.label;
+    int labellen = p.labellen;
     if (!kb_ekey_check_use(k, alg, NULL))
         return 0;
 
@@ -374,38 +399,11 @@ static int kb_rsa_encrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
         return 1;
     }
 
-    int pad = RSA_PKCS1_PADDING, labellen = 0;
-    const EVP_MD *md = NULL, *mgf1md = NULL;
-    const char *alg, *digest = NULL, *mgf1 = NULL;
-    unsigned char *label = NULL;
-    if (EVP_PKEY_CTX_get_rsa_padding(ctx, &pad) <= 0)
+    struct rsa_cipher_params p;
+    if (!read_cipher_params(ctx, "encryption", &p))
         return 0;
-    switch (pad) {
-    case RSA_PKCS1_OAEP_PADDING:
-        alg = "rsa-oaep";
-        if (EVP_PKEY_CTX_get_rsa_oaep_md(ctx, &md) <= 0 ||
-            EVP_PKEY_CTX_get_rsa_mgf1_md(ctx, &mgf1md) <= 0 ||
-            !wire_digest(md, &digest) || !wire_digest(mgf1md, &mgf1))
-            return 0;
-        if (digest == NULL)
-            digest = "sha1"; /* OAEP's default, as in OpenSSL */
-        labellen = EVP_PKEY_CTX_get0_rsa_oaep_label(ctx, &label);
-        if (labellen < 0)
-            labellen = 0;
-        break;
-    case RSA_PKCS1_PADDING:
-        /* the wire names PKCS#1 v1.5 encryption after its decryption */
-        alg = "rsa-pkcs1-decrypt";
-        break;
-    default:
-        kb_eng_raise(KB_R_UNSUPPORTED,
-                     "RSA encryption padding %s: kmsbridge encrypts OAEP and "
-                     "PKCS#1 v1.5 with the key manager",
-                     pad_name(pad));
-        return 0;
-    }
-    return kb_eng_remote_encrypt(k, alg, digest, mgf1, label, (size_t)labellen,
-                                 in, inlen, out, outlen);
+    return kb_eng_remote_encrypt(k, p.alg, p.digest, p.mgf1, p.label,
+                                 (size_t)p.labellen, in, inlen, out, outlen);
 }
 
 static pthread_once_t orig_once = PTHREAD_ONCE_INIT;
