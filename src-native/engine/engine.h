@@ -126,16 +126,6 @@ int kb_eng_remote_verify(const struct kb_ekey *k,
                          const unsigned char *tbs, size_t tbslen,
                          const unsigned char *sig, size_t siglen);
 
-/*
- * ENCRYPT by the key manager; |*outlen| is the room in |out| and becomes the
- * ciphertext's length. Returns 1, or 0 with an error raised.
- */
-int kb_eng_remote_encrypt(const struct kb_ekey *k, const char *alg,
-                          const char *digest, const char *mgf1,
-                          const unsigned char *label, size_t labellen,
-                          const unsigned char *in, size_t inlen,
-                          unsigned char *out, size_t *outlen);
-
 /* ---- EC_KEY_METHOD (ec.c) ----------------------------------------------- */
 
 int kb_ec_setup(void);

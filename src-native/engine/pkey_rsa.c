@@ -271,6 +271,53 @@ static int read_cipher_params(EVP_PKEY_CTX *ctx, const char *op,
     }
 }
 
+/*
+ * DECRYPT by the key manager, or ENCRYPT (REMOTE_PUBKEY): the same request
+ * and the same RESULT, in the wire terms of |p|.
+ */
+static int cipher_call(const struct kb_ekey *k, uint16_t type,
+                       const struct rsa_cipher_params *p,
+                       const unsigned char *in, size_t inlen,
+                       unsigned char *out, size_t *outlen)
+{
+    const char *what = type == KB_MSG_DECRYPT ? "plaintext" : "ciphertext";
+
+    if (!kb_ekey_check_use(k, p->alg, NULL))
+        return 0;
+    struct kb_buf req = {0};
+    struct kb_wire_msg *reply = NULL;
+    kb_frame_begin(&req, 0, type, 0);
+    kb_frame_str(&req, KB_TAG_URI, k->uri);
+    kb_frame_str(&req, KB_TAG_ALGORITHM, p->alg);
+    kb_frame_str(&req, KB_TAG_DIGEST, p->digest);
+    if (p->mgf1 != NULL && p->digest != NULL && strcmp(p->mgf1, p->digest) != 0)
+        kb_frame_str(&req, KB_TAG_MGF1_DIGEST, p->mgf1);
+    if (p->labellen > 0)
+        kb_frame_bytes(&req, KB_TAG_LABEL, p->label, (size_t)p->labellen);
+    kb_frame_bytes(&req, KB_TAG_DATA, in, inlen);
+    KB_LOG("engine %s %s %s digest=%s, %zu bytes", kb_wire_type_name(type),
+           k->uri, p->alg, p->digest ? p->digest : "-", inlen);
+    int ok = kb_eng_call(&req, k->uri, &reply);
+    kb_buf_free(&req);
+    if (!ok)
+        return 0;
+    const struct kb_wire_field *r = kb_wire_find(reply, KB_TAG_RESULT);
+    /* an empty plaintext is a plaintext; an empty ciphertext is not */
+    int bad = r == NULL || (r->len == 0 && type == KB_MSG_ENCRYPT);
+    if (bad || r->len > *outlen) {
+        kb_eng_raise(bad ? KB_R_PROTOCOL : KB_R_BUFFER_TOO_SMALL,
+                     "%s of %u bytes from the key manager for %s does not "
+                     "fit (%zu)",
+                     what, r != NULL ? r->len : 0, k->uri, *outlen);
+        kb_wire_msg_free(reply);
+        return 0;
+    }
+    memcpy(out, r->val, r->len);
+    *outlen = r->len;
+    kb_wire_msg_free(reply);
+    return 1;
+}
+
 static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
                           const unsigned char *in, size_t inlen)
 {
@@ -287,41 +334,7 @@ static int kb_rsa_decrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
     struct rsa_cipher_params p;
     if (!read_cipher_params(ctx, "decryption", &p))
         return 0;
-    const char *alg = p.alg, *digest = p.digest, *mgf1 = p.mgf1;
-    const unsigned char *label = p.label;
-    int labellen = p.labellen;
-    if (!kb_ekey_check_use(k, alg, NULL))
-        return 0;
-
-    struct kb_buf req = {0};
-    struct kb_wire_msg *reply = NULL;
-    kb_frame_begin(&req, 0, KB_MSG_DECRYPT, 0);
-    kb_frame_str(&req, KB_TAG_URI, k->uri);
-    kb_frame_str(&req, KB_TAG_ALGORITHM, alg);
-    kb_frame_str(&req, KB_TAG_DIGEST, digest);
-    if (mgf1 != NULL && digest != NULL && strcmp(mgf1, digest) != 0)
-        kb_frame_str(&req, KB_TAG_MGF1_DIGEST, mgf1);
-    if (labellen > 0)
-        kb_frame_bytes(&req, KB_TAG_LABEL, label, (size_t)labellen);
-    kb_frame_bytes(&req, KB_TAG_DATA, in, inlen);
-    KB_LOG("engine decrypt %s %s digest=%s, %zu bytes", k->uri, alg,
-           digest ? digest : "-", inlen);
-    int ok = kb_eng_call(&req, k->uri, &reply);
-    kb_buf_free(&req);
-    if (!ok)
-        return 0;
-    const struct kb_wire_field *r = kb_wire_find(reply, KB_TAG_RESULT);
-    if (r == NULL || r->len > *outlen) {
-        kb_eng_raise(r == NULL ? KB_R_PROTOCOL : KB_R_BUFFER_TOO_SMALL,
-                     "plaintext of %u bytes does not fit (%zu)",
-                     r != NULL ? r->len : 0, *outlen);
-        kb_wire_msg_free(reply);
-        return 0;
-    }
-    memcpy(out, r->val, r->len);
-    *outlen = r->len;
-    kb_wire_msg_free(reply);
-    return 1;
+    return cipher_call(k, KB_MSG_DECRYPT, &p, in, inlen, out, outlen);
 }
 
 /*
@@ -402,8 +415,7 @@ static int kb_rsa_encrypt(EVP_PKEY_CTX *ctx, unsigned char *out, size_t *outlen,
     struct rsa_cipher_params p;
     if (!read_cipher_params(ctx, "encryption", &p))
         return 0;
-    return kb_eng_remote_encrypt(k, p.alg, p.digest, p.mgf1, p.label,
-                                 (size_t)p.labellen, in, inlen, out, outlen);
+    return cipher_call(k, KB_MSG_ENCRYPT, &p, in, inlen, out, outlen);
 }
 
 static pthread_once_t orig_once = PTHREAD_ONCE_INIT;
