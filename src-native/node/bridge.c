@@ -70,16 +70,24 @@ static void req_unlink_locked(struct bridge_req *r)
     }
 }
 
-static void req_finish_locked(struct bridge_req *r, enum req_state state,
-                              int code, const char *msg)
+/* Settles a pending request; returns 1 if it did (its caller must be woken). */
+static int req_settle_locked(struct bridge_req *r, enum req_state state,
+                             int code, const char *msg)
 {
     if (r->state != REQ_PENDING)
-        return;
+        return 0;
     r->state = state;
     if (state == REQ_FAILED)
         kb_err_set(&r->err, code, "%s", msg);
     req_unlink_locked(r);
-    pthread_cond_signal(&r->cond);
+    return 1;
+}
+
+static void req_finish_locked(struct bridge_req *r, enum req_state state,
+                              int code, const char *msg)
+{
+    if (req_settle_locked(r, state, code, msg))
+        pthread_cond_signal(&r->cond);
 }
 
 static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
@@ -308,15 +316,21 @@ static napi_value bridge_complete(napi_env env, napi_callback_info info)
         return addon_throw(env, "ERR_INVALID_ARG",
                            "bridgeComplete(handle, reply)");
     int decoded = kb_wire_decode(data, len, &msg, why, sizeof(why));
+    int settled = 0;
     pthread_mutex_lock(&g_bridge.lock);
     if (r->state == REQ_PENDING && decoded) {
         r->reply = msg;
         msg = NULL;
-        req_finish_locked(r, REQ_DONE, 0, NULL);
+        settled = req_settle_locked(r, REQ_DONE, 0, NULL);
     } else if (!decoded) {
-        req_finish_locked(r, REQ_FAILED, KB_ERR_PROTOCOL, why);
+        settled = req_settle_locked(r, REQ_FAILED, KB_ERR_PROTOCOL, why);
     }
     pthread_mutex_unlock(&g_bridge.lock);
+    /* Woken after unlocking, the caller does not block on the lock at once.
+     * r outlives this: the worker's reference ends only in handle_finalize,
+     * on this thread. */
+    if (settled)
+        pthread_cond_signal(&r->cond);
     kb_wire_msg_free(msg);
     return NULL;
 }
