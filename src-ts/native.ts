@@ -28,6 +28,10 @@ export interface NativeAddon {
   /** verify and encrypt on the calling thread instead of libuv's pool. */
   verifyNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer, signature: Buffer): boolean;
   encryptNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
+  /** A readiness set over the agent's connections (waiting.c): whether any has a request not yet read. */
+  waitingSet(): WaitingSet;
+  waitingAdd(set: WaitingSet, fd: number): void;
+  waitingAny(set: WaitingSet): boolean;
   /** The N-API bridge: the worker binds its request handler and answers each request. */
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;
@@ -39,6 +43,9 @@ export interface NativeAddon {
   useChannel(kind: 'agent', timeoutMs: number, socketPath: string): void;
   /** The KeyService's message for the last kmsbridge error raised on this thread. */
   lastError(): string;
+}
+export interface WaitingSet {
+  readonly __brand: 'WaitingSet';
 }
 export interface BridgeHandle {
   readonly __brand: 'BridgeHandle';

@@ -9,6 +9,7 @@ napi_value addon_throw(napi_env env, const char *code, const char *message);
 
 napi_status peercred_register(napi_env env, napi_value exports);
 napi_status local_crypto_register(napi_env env, napi_value exports);
+napi_status waiting_register(napi_env env, napi_value exports);
 napi_status bridge_register(napi_env env, napi_value exports);
 napi_status register_register(napi_env env, napi_value exports);
 /* A benchmark hook (bench.c): channelPing(count), the bridge's own round trip.

@@ -7,8 +7,9 @@
  * hands decrypted keys to these functions. They run on the libuv thread pool so
  * one agent uses every core; the *Now forms run on the calling thread instead,
  * for callers that must not wait for the pool (the in-process KeyService
- * worker: threads blocked on it may hold every pool thread) or whose operation
- * costs less than the trip to the pool and back (ECDSA).
+ * worker: threads blocked on it may hold every pool thread) or for whom the
+ * trip to the pool and back costs more than it gains (ECDSA always; RSA while
+ * no other request waits: src-ts/backends/local.ts).
  *
  * JS surface:
  *   loadPrivateKey(pkcs8: Buffer) -> handle

@@ -10,7 +10,8 @@ import { KmsError, asKmsError } from '../errors.js';
 import type { KeyService, Peer } from '../keyservice.js';
 import { Dispatcher, errorReply } from '../dispatch.js';
 import type { AuditSink } from '../audit.js';
-import { native } from '../native.js';
+import { native, type WaitingSet } from '../native.js';
+import { setWaitingProbe } from '../backends/backend.js';
 import { FrameReader, ProtocolError, encodeFrame, type Frame } from '../wire/codec.js';
 import { clearStaleSocket, prepareSocketDir } from './socket-path.js';
 
@@ -49,12 +50,18 @@ export class Agent {
   private readonly maxInFlight: number;
   private pending = 0;
   private stopping?: Promise<void>;
+  /** The connections, for backends asking whether other requests wait (backend.ts othersWaiting). */
+  private readonly waiting: WaitingSet;
+  private readonly removeWaitingProbe: () => void;
 
   private constructor(private readonly opts: AgentOptions) {
     this.log = opts.log ?? (() => {});
     this.maxInFlight = opts.maxInFlight ?? 256;
     this.dispatcher = new Dispatcher(opts.keyService, { ownUid: this.ownUid, ...(opts.audit ? { audit: opts.audit } : {}) });
     this.server = net.createServer((socket) => this.accept(socket));
+    const waiting = native().waitingSet();
+    this.waiting = waiting;
+    this.removeWaitingProbe = setWaitingProbe(() => native().waitingAny(waiting));
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {
@@ -86,15 +93,21 @@ export class Agent {
   }
 
   private accept(socket: net.Socket): void {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
     let peer: Peer;
     try {
-      const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-      if (fd === undefined || fd < 0) throw new Error('no file descriptor');
+      if (fd < 0) throw new Error('no file descriptor');
       peer = native().peerCredentials(fd);
     } catch (err) {
       this.log(`refused a connection: peer credentials unavailable (${(err as Error).message})`);
       socket.destroy();
       return;
+    }
+    try {
+      native().waitingAdd(this.waiting, fd);
+    } catch (err) {
+      // Only a scheduling hint is lost: requests waiting here may find an RSA operation running on the event loop.
+      this.log(`connection from pid ${peer.pid} is not watched for waiting requests (${(err as Error).message})`);
     }
     const conn: Connection = { socket, peer, inFlight: 0, greeted: false };
     this.connections.add(conn);
@@ -179,6 +192,7 @@ export class Agent {
         /* already gone */
       }
       await this.opts.keyService.close();
+      this.removeWaitingProbe();
       this.log('stopped');
     })();
     return this.stopping;

@@ -7,6 +7,26 @@ export type BackendKeySummary = Omit<KeySummary, 'uri'> & { keyId: string };
 /** Progress of long work (RSA-4096 generation), for a terminal. */
 export type Progress = (message: string) => void;
 
+let waitingProbe: () => boolean = () => false;
+
+/**
+ * Whether requests are waiting for this thread beyond the ones being served.
+ * The agent installs a probe over its connections; elsewhere nobody waits.
+ * Backends that can work either on the event loop or on libuv's pool use it
+ * to choose.
+ */
+export function othersWaiting(): boolean {
+  return waitingProbe();
+}
+
+/** Installs the probe behind othersWaiting(); returns a function that removes it again. */
+export function setWaitingProbe(probe: () => boolean): () => void {
+  waitingProbe = probe;
+  return () => {
+    if (waitingProbe === probe) waitingProbe = () => false;
+  };
+}
+
 /**
  * A key manager behind a keyring. Implementations hold the credentials and
  * the private keys; they check nothing the KeyService already checked
