@@ -6,8 +6,19 @@
 //
 //   node scripts/system-deps.mjs --for build   # native build: compiler, make, OpenSSL headers
 //   node scripts/system-deps.mjs --for test    # test peers: openssl, ssh-keygen, curl, nginx, SoftHSM2 and pkcs11-tool
+//   node scripts/system-deps.mjs --for bench --optional  # the test peers and libp11's pkcs11 ENGINE; not root: a warning
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+
+// The real peers the tests and the benchmarks run against.
+const PEERS = [
+  { pkg: 'openssl', check: () => hasCommand('openssl') },
+  { pkg: 'openssh-client', check: () => hasCommand('ssh-keygen') },
+  { pkg: 'curl', check: () => hasCommand('curl') },
+  { pkg: 'nginx-light', check: () => hasCommand('nginx') || fs.existsSync('/usr/sbin/nginx') },
+  { pkg: 'softhsm2', check: () => hasCommand('softhsm2-util') && fs.existsSync('/usr/lib/softhsm/libsofthsm2.so') },
+  { pkg: 'opensc', check: () => hasCommand('pkcs11-tool') },
+];
 
 const NEEDS = {
   build: [
@@ -18,17 +29,20 @@ const NEEDS = {
     { pkg: 'openssl', check: () => hasCommand('openssl') },
   ],
   test: [
-    { pkg: 'openssl', check: () => hasCommand('openssl') },
-    { pkg: 'openssh-client', check: () => hasCommand('ssh-keygen') },
-    { pkg: 'curl', check: () => hasCommand('curl') },
-    { pkg: 'nginx-light', check: () => hasCommand('nginx') || fs.existsSync('/usr/sbin/nginx') },
-    { pkg: 'softhsm2', check: () => hasCommand('softhsm2-util') && fs.existsSync('/usr/lib/softhsm/libsofthsm2.so') },
-    { pkg: 'opensc', check: () => hasCommand('pkcs11-tool') },
+    ...PEERS,
     // reliability suite (docs/reliability.md): libFuzzer and sanitizers, memcheck, HTTP load
     { pkg: 'clang', check: () => hasCommand('clang') },
     { pkg: 'libclang-rt-14-dev', check: () => hasFuzzerRuntime() },
     { pkg: 'valgrind', check: () => hasCommand('valgrind') },
     { pkg: 'wrk', check: () => hasCommand('wrk') },
+  ],
+  // npm run bench: libp11's pkcs11 ENGINE is the outside PKCS#11 peer
+  bench: [
+    ...PEERS,
+    {
+      pkg: 'libengine-pkcs11-openssl',
+      check: () => ['pkcs11.so', 'libpkcs11.so'].some((f) => fs.existsSync(`/usr/lib/x86_64-linux-gnu/engines-3/${f}`)),
+    },
   ],
 };
 
@@ -59,11 +73,15 @@ const isRoot = process.getuid?.() === 0;
 if (!isRoot || !hasCommand('apt-get')) {
   console.error(`kmsbridge: the ${purpose} needs these Debian packages: ${missing.join(', ')}`);
   console.error(`install them, then run the command again:\n  sudo ${command}`);
-  process.exit(1);
+  // --optional (npm run bench): go on without them; what needs them says so and is skipped
+  process.exit(process.argv.includes('--optional') ? 0 : 1);
 }
 console.error(`kmsbridge: installing ${missing.join(', ')} for the ${purpose} (running as root)`);
 const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-for (const args of [['update', '-q'], ['install', '-y', '-q', '--no-install-recommends', ...missing]]) {
+for (const args of [
+  ['update', '-q'],
+  ['install', '-y', '-q', '--no-install-recommends', ...missing],
+]) {
   const r = spawnSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env, timeout: 15 * 60_000 });
   if (r.status !== 0) {
     console.error(`kmsbridge: 'apt-get ${args.join(' ')}' failed (exit ${r.status ?? r.signal}); run it by hand:\n  ${command}`);
