@@ -12,6 +12,7 @@
         "src-native/node/local_crypto.c",
         "src-native/node/waiting.c",
         "src-native/node/bridge.c",
+        "src-native/node/grants.c",
         "src-native/node/register.c",
         "src-native/node/bench.c",
         "src-native/common/wire.c",

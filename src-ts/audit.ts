@@ -17,12 +17,13 @@ export interface AuditRecord {
 
 export type AuditSink = (record: AuditRecord) => void;
 
-/** 'stderr', or a file opened for appending (0600). */
-export function openAuditSink(target: string): { sink: AuditSink; close: () => void } {
+/** 'stderr', or a file opened for appending (0600); fd is the file's, for writers outside JavaScript. */
+export function openAuditSink(target: string): { sink: AuditSink; close: () => void; fd?: number } {
   if (target === 'stderr') return { sink: (r) => process.stderr.write(JSON.stringify(r) + '\n'), close: () => {} };
   const fd = fs.openSync(target, 'a', 0o600);
   return {
     sink: (r) => fs.writeSync(fd, JSON.stringify(r) + '\n'),
     close: () => fs.closeSync(fd),
+    fd,
   };
 }

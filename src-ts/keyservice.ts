@@ -13,7 +13,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { ErrorCode, KmsError, asKmsError, badRequest, keyUnusable, notFound, unsupported } from './errors.js';
 import type { Config, KeyringConfig } from './config.js';
-import type { Backend, Progress } from './backends/backend.js';
+import type { Backend, BackendGrant, Progress } from './backends/backend.js';
 import { native, type NativeKeyHandle, type NativeOpOptions } from './native.js';
 import { BACKENDS, createBackend, type BackendFactory } from './backends/index.js';
 import { formatKeyUri, parseKeyUri, type KeyUri } from './uri.js';
@@ -32,6 +32,9 @@ import {
 } from './types.js';
 
 export const MAX_RANDOM = 65536;
+
+/** A signature the caller's thread may run itself (KeyService.grant). */
+export type SignGrant = BackendGrant & { dataLength: number };
 
 interface Keyring {
   config: KeyringConfig;
@@ -146,6 +149,25 @@ export class KeyService {
     const desc = await this.describeRaw(uri);
     checkSignature(kr.config, desc, req, 'sign');
     return this.call(kr, `sign with ${uri}`, (s) => kr.backend.sign(parsed.keyId, req, s));
+  }
+
+  /**
+   * For the in-process fast path: what the caller's thread needs to run this
+   * signature itself, if the KeyService would approve it and the key lives in
+   * this process (a local keyring without injected latency). Undefined
+   * otherwise; never an error.
+   */
+  async grant(uri: string, req: SignRequest): Promise<SignGrant | undefined> {
+    try {
+      const { parsed, kr } = this.resolve(uri);
+      const backend = kr.backend;
+      if (!backend.grant || kr.config.injectLatencyMs > 0 || req.digest === undefined) return undefined;
+      if (req.algorithm !== 'rsa-pkcs1' && req.algorithm !== 'rsa-pss' && req.algorithm !== 'ecdsa') return undefined;
+      checkSignature(kr.config, await this.describeRaw(uri), req, 'sign');
+      return { ...(await backend.grant(parsed.keyId)), dataLength: DIGEST_SIZE[req.digest] };
+    } catch {
+      return undefined;
+    }
   }
 
   async decrypt(uri: string, req: DecryptRequest): Promise<Buffer> {

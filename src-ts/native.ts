@@ -36,6 +36,23 @@ export interface NativeAddon {
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;
   bridgeComplete(handle: BridgeHandle, reply: Buffer): void;
+  /** Lets the bridge run this approved signature on the caller's thread (grants.c); auditFd -1: no audit file. */
+  bridgeGrant(grant: {
+    uri: string;
+    algorithm: string;
+    digest: string;
+    mgf1Digest?: string;
+    saltLength?: number;
+    dataLength: number;
+    key: NativeKeyHandle;
+    file: string;
+    ino: number;
+    mtimeMs: number;
+    size: number;
+    auditFd: number;
+  }): void;
+  /** Ends the grants of one URI, or all of them. */
+  bridgeRevoke(uri?: string): void;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */

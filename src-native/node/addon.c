@@ -19,6 +19,8 @@ static napi_value init(napi_env env, napi_value exports)
         return NULL;
     if (bridge_register(env, exports) != napi_ok)
         return NULL;
+    if (grants_register(env, exports) != napi_ok)
+        return NULL;
     if (bench_register(env, exports) !=
         napi_ok) /* channelPing, for npm run bench */
         return NULL;

@@ -16,6 +16,26 @@ napi_status register_register(napi_env env, napi_value exports);
  */
 napi_status bench_register(napi_env env, napi_value exports);
 
+/* local_crypto.c: a signature on the calling thread, for the bridge's fast
+ * path (grants.c). |padding| is "pkcs1", "pss" or "none"; digests by our
+ * names ("sha256"). Returns 1 and an OPENSSL_malloc'ed signature, or 0. */
+typedef struct evp_pkey_st EVP_PKEY;
+int local_crypto_sign(EVP_PKEY *pkey, const char *padding, const char *digest,
+                      const char *mgf1, int salt_length,
+                      const unsigned char *in, size_t in_len,
+                      unsigned char **out, size_t *out_len, char *err,
+                      size_t errlen);
+
+/* grants.c: operations the in-process KeyService approved, run by the
+ * calling thread itself instead of a trip to the worker. */
+napi_status grants_register(napi_env env, napi_value exports);
+struct kb_buf;
+struct kb_wire_msg;
+/* Returns 1 with |*reply| if a grant covered the request frame |req|. */
+int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply);
+/* Forgets every grant and the audit descriptor (the worker is going). */
+void grants_clear(void);
+
 struct kb_channel;
 /* The process-wide N-API bridge channel; a non-zero timeout replaces its
  * default. */

@@ -356,6 +356,37 @@ done:
     ERR_clear_error();
 }
 
+int local_crypto_sign(EVP_PKEY *pkey, const char *padding, const char *digest,
+                      const char *mgf1, int salt_length,
+                      const unsigned char *in, size_t in_len,
+                      unsigned char **out, size_t *out_len, char *err,
+                      size_t errlen)
+{
+    struct job job = {
+        .kind = OP_SIGN, .pkey = pkey, .salt_length = salt_length};
+    *out = NULL;
+    *out_len = 0;
+    if (!parse_padding(padding, &job.padding) ||
+        (digest[0] != '\0' && openssl_digest(digest) == NULL) ||
+        (mgf1[0] != '\0' && openssl_digest(mgf1) == NULL)) {
+        snprintf(err, errlen, "unknown padding or digest");
+        return 0;
+    }
+    snprintf(job.digest, sizeof(job.digest), "%s", digest);
+    snprintf(job.mgf1, sizeof(job.mgf1), "%s", mgf1);
+    job.in = (unsigned char *)in; /* read only; not freed here */
+    job.in_len = in_len;
+    execute(NULL, &job);
+    if (job.error[0] != '\0') {
+        snprintf(err, errlen, "%s", job.error);
+        OPENSSL_clear_free(job.out, job.out_len);
+        return 0;
+    }
+    *out = job.out;
+    *out_len = job.out_len;
+    return 1;
+}
+
 /* The job's result: a Buffer, or for OP_VERIFY a boolean. */
 static napi_status result_value(napi_env env, struct job *job,
                                 napi_value *value)

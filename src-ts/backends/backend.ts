@@ -1,3 +1,4 @@
+import type { NativeKeyHandle } from '../native.js';
 import type { DecryptRequest, EncryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest, VerifyRequest } from '../types.js';
 
 /** What a backend reports for a key; the KeyService adds the URI. */
@@ -6,6 +7,23 @@ export type BackendKeySummary = Omit<KeySummary, 'uri'> & { keyId: string };
 
 /** Progress of long work (RSA-4096 generation), for a terminal. */
 export type Progress = (message: string) => void;
+
+/** A key file as it was when a key was read from it (what `stat` said). */
+export interface FileIdentity {
+  file: string;
+  ino: number;
+  mtimeMs: number;
+  size: number;
+}
+
+/**
+ * What the in-process fast path needs to run an approved signature on the
+ * caller's thread (src-native/node/grants.c): the loaded key, and the file it
+ * came from, so that a replaced or deleted file ends the grant.
+ */
+export interface BackendGrant extends FileIdentity {
+  key: NativeKeyHandle;
+}
 
 let waitingProbe: () => boolean = () => false;
 
@@ -52,6 +70,8 @@ export interface Backend {
   encrypt?(keyId: string, req: EncryptRequest, signal: AbortSignal): Promise<Buffer>;
   derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer>;
   random(length: number, signal: AbortSignal): Promise<Buffer>;
+  /** Only backends whose keys live in this process (the local store) offer grants. */
+  grant?(keyId: string): Promise<BackendGrant>;
   create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }>;
   list(signal: AbortSignal): Promise<BackendKeySummary[]>;
   delete(keyId: string, signal: AbortSignal): Promise<void>;

@@ -16,7 +16,15 @@ import type { KeyringConfig } from '../config.js';
 import { defaultLocalStore } from '../paths.js';
 import { native, type NativeKeyHandle, type NativeOpOptions } from '../native.js';
 import { DIGESTS, KEY_SPECS, type Curve, type DecryptRequest, type KeySpec, type KeyType, type SignRequest } from '../types.js';
-import { othersWaiting, type Backend, type BackendKeyDescription, type BackendKeySummary, type Progress } from './backend.js';
+import {
+  othersWaiting,
+  type Backend,
+  type BackendGrant,
+  type BackendKeyDescription,
+  type BackendKeySummary,
+  type FileIdentity,
+  type Progress,
+} from './backend.js';
 
 const STORE_FILE = 'store.json';
 const KEK_FILE = 'kek';
@@ -52,6 +60,7 @@ interface KeyFile {
 interface LoadedKey {
   /** Identity of the file the key was read from: a replaced or deleted file is read again. */
   stamp: string;
+  file: FileIdentity;
   spec: KeySpec;
   publicKey: Buffer;
   handle: NativeKeyHandle;
@@ -314,9 +323,11 @@ export class LocalBackend implements Backend {
   private async load(name: string): Promise<LoadedKey> {
     const file = this.keyFile(name);
     let stamp: string;
+    let identity: FileIdentity;
     try {
       const st = fs.statSync(file);
       stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+      identity = { file, ino: st.ino, mtimeMs: st.mtimeMs, size: st.size };
     } catch {
       this.keys.delete(name);
       throw notFound(
@@ -345,12 +356,17 @@ export class LocalBackend implements Backend {
     try {
       const keyObject = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
       const handle = native().loadPrivateKey(pkcs8);
-      const loaded: LoadedKey = { stamp, spec: kf.spec, publicKey: Buffer.from(kf.publicKey, 'base64'), handle, keyObject };
+      const loaded: LoadedKey = { stamp, file: identity, spec: kf.spec, publicKey: Buffer.from(kf.publicKey, 'base64'), handle, keyObject };
       this.keys.set(name, loaded);
       return loaded;
     } finally {
       pkcs8.fill(0);
     }
+  }
+
+  async grant(keyId: string): Promise<BackendGrant> {
+    const key = await this.load(keyId);
+    return { key: key.handle, ...key.file };
   }
 
   async describe(keyId: string): Promise<BackendKeyDescription> {

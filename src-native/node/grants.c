@@ -1,0 +1,377 @@
+/*
+ * Grants: signatures the in-process KeyService has approved, run by the
+ * calling thread itself.
+ *
+ * In the in-process mode the local backend's keys live in this process
+ * already (in the KeyService worker). The trip to the worker for every
+ * signature (two thread wake-ups and a JavaScript dispatch) costs more than
+ * an ECDSA signature. After the worker has checked and run a SIGN for a local
+ * key, it grants that exact operation: the same URI, algorithm, digest, MGF1
+ * digest, salt length and input length, on the key it loaded, as long as
+ * the key file is the one it read. The bridge then runs a matching request
+ * on the caller's thread, writes the same audit line the worker would have
+ * written, and answers. Anything else (another tuple, a changed or missing
+ * key file, an error) goes to the worker as before; the worker revokes
+ * grants when a key is deleted and clears them all when it stops, so a
+ * closed KeyService signs nothing.
+ *
+ * JS surface (the worker's):
+ *   bridgeGrant({ uri, algorithm, digest, mgf1Digest?, saltLength?,
+ *                 dataLength, key, file, ino, mtimeMs, size, auditFd })
+ *   bridgeRevoke(uri?)       one URI's grants, or all of them
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "addon.h"
+#include "wire.h"
+
+#define MAX_GRANTS 256
+
+struct grant {
+    char *uri;
+    char algorithm[16]; /* "rsa-pkcs1", "rsa-pss", "ecdsa" */
+    char digest[16];
+    char mgf1[16];   /* "" when the request carries none */
+    int64_t salt;    /* -1 when the request carries none */
+    size_t data_len; /* the digest's length */
+    EVP_PKEY *pkey;  /* one reference */
+    char *file;      /* the key file and its identity when it was read */
+    uint64_t ino;
+    double mtime_ms;
+    int64_t size;
+};
+
+/* Writer-preferring: a close() must not wait behind a stream of signatures. */
+static pthread_rwlock_t lock =
+    PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+static struct grant grants[MAX_GRANTS];
+static size_t ngrants;
+static atomic_size_t ngrants_hint; /* read without the lock to skip early */
+static int audit_fd = -1;          /* the worker's audit file, or -1 */
+
+static void grant_free(struct grant *g)
+{
+    free(g->uri);
+    free(g->file);
+    EVP_PKEY_free(g->pkey);
+    memset(g, 0, sizeof(*g));
+}
+
+static void revoke_locked(const char *uri)
+{
+    for (size_t i = 0; i < ngrants;) {
+        if (uri == NULL || strcmp(grants[i].uri, uri) == 0) {
+            grant_free(&grants[i]);
+            grants[i] = grants[--ngrants];
+            memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
+        } else {
+            i++;
+        }
+    }
+    atomic_store(&ngrants_hint, ngrants);
+}
+
+void grants_clear(void)
+{
+    pthread_rwlock_wrlock(&lock);
+    revoke_locked(NULL);
+    audit_fd = -1;
+    pthread_rwlock_unlock(&lock);
+}
+
+/* ---- the caller's side ------------------------------------------------- */
+
+static const struct kb_wire_field *field(const struct kb_wire_msg *m,
+                                         uint16_t tag)
+{
+    for (size_t i = 0; i < m->nfields; i++)
+        if (m->fields[i].tag == tag)
+            return &m->fields[i];
+    return NULL;
+}
+
+/* Whether string field |tag| equals |want| ("" = the field is absent). */
+static int string_is(const struct kb_wire_msg *m, uint16_t tag,
+                     const char *want)
+{
+    const struct kb_wire_field *f = field(m, tag);
+    if (f == NULL)
+        return want[0] == '\0';
+    return strlen(want) == f->len && memcmp(f->val, want, f->len) == 0;
+}
+
+static int matches(const struct grant *g, const struct kb_wire_msg *m,
+                   const struct kb_wire_field *data)
+{
+    const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
+    return string_is(m, KB_TAG_URI, g->uri) &&
+           string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
+           string_is(m, KB_TAG_DIGEST, g->digest) &&
+           string_is(m, KB_TAG_MGF1_DIGEST, g->mgf1) &&
+           (salt == NULL ? g->salt == -1 : (int64_t)salt->u32 == g->salt) &&
+           data->len == g->data_len;
+}
+
+/* The key file is still the one the worker read (as its stamp reads it). */
+static int file_unchanged(const struct grant *g)
+{
+    struct stat st;
+    if (stat(g->file, &st) != 0)
+        return 0;
+    double mtime_ms =
+        (double)st.st_mtim.tv_sec * 1e3 + (double)st.st_mtim.tv_nsec / 1e6;
+    return (uint64_t)st.st_ino == g->ino && mtime_ms == g->mtime_ms &&
+           (int64_t)st.st_size == g->size;
+}
+
+static void json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* The worker's audit line (src-ts/audit.ts), written before the answer. */
+static void audit(const struct grant *g, double ms)
+{
+    if (audit_fd < 0)
+        return;
+    char *line = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&line, &len);
+    if (f == NULL)
+        return;
+    struct timespec now;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(f, "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":", when,
+            now.tv_nsec / 1000000L, (long)getpid(), (unsigned long)getuid());
+    json_string(f, g->uri);
+    fprintf(f,
+            ",\"op\":\"sign\",\"alg\":\"%s\",\"digest\":\"%s\","
+            "\"outcome\":\"ok\",\"ms\":%.6f}\n",
+            g->algorithm, g->digest, ms);
+    if (fclose(f) == 0) {
+        ssize_t n;
+        do
+            n = write(audit_fd, line, len);
+        while (n < 0 && errno == EINTR);
+    }
+    free(line);
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
+{
+    if (atomic_load(&ngrants_hint) == 0 || req->len < KB_WIRE_HEADER_LEN ||
+        ((req->data[8] << 8) | req->data[9]) != KB_MSG_SIGN)
+        return 0;
+    struct kb_wire_msg *m = NULL;
+    char why[64];
+    if (!kb_wire_decode(req->data, req->len, &m, why, sizeof(why)))
+        return 0; /* the worker reports it */
+    const struct kb_wire_field *data = field(m, KB_TAG_DATA);
+    int done = 0;
+    double started = now_ms();
+
+    pthread_rwlock_rdlock(&lock);
+    const struct grant *g = NULL;
+    for (size_t i = 0; data != NULL && i < ngrants && g == NULL; i++)
+        if (matches(&grants[i], m, data))
+            g = &grants[i];
+    if (g != NULL && file_unchanged(g)) {
+        const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
+                              : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
+                                                                     : "none";
+        unsigned char *sig = NULL;
+        size_t sig_len = 0;
+        char err[320];
+        if (local_crypto_sign(g->pkey, padding, g->digest, g->mgf1,
+                              (int)g->salt, data->val, data->len, &sig,
+                              &sig_len, err, sizeof(err))) {
+            struct kb_buf out = {0};
+            kb_frame_begin(&out, m->id, KB_MSG_SIGN | KB_WIRE_REPLY_BIT,
+                           KB_STATUS_OK);
+            kb_frame_bytes(&out, KB_TAG_RESULT, sig, sig_len);
+            if (kb_frame_end(&out) &&
+                kb_wire_decode(out.data, out.len, reply, why, sizeof(why))) {
+                audit(g, now_ms() - started);
+                done = 1;
+            }
+            kb_buf_free(&out);
+            OPENSSL_clear_free(sig, sig_len);
+        }
+    }
+    pthread_rwlock_unlock(&lock);
+    kb_wire_msg_free(m);
+    return done;
+}
+
+/* ---- the worker's side ------------------------------------------------- */
+
+static int get_string(napi_env env, napi_value obj, const char *name, char *buf,
+                      size_t size, int required)
+{
+    napi_value v;
+    napi_valuetype t;
+    size_t len;
+    if (napi_get_named_property(env, obj, name, &v) != napi_ok ||
+        napi_typeof(env, v, &t) != napi_ok)
+        return 0;
+    if (t == napi_undefined || t == napi_null) {
+        buf[0] = '\0';
+        return !required;
+    }
+    return napi_get_value_string_utf8(env, v, buf, size, &len) == napi_ok &&
+           len + 1 < size;
+}
+
+static int get_number(napi_env env, napi_value obj, const char *name,
+                      double *out, int required)
+{
+    napi_value v;
+    napi_valuetype t;
+    if (napi_get_named_property(env, obj, name, &v) != napi_ok ||
+        napi_typeof(env, v, &t) != napi_ok)
+        return 0;
+    if (t == napi_undefined) {
+        *out = -1;
+        return !required;
+    }
+    return napi_get_value_double(env, v, out) == napi_ok;
+}
+
+static napi_value bridge_grant(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], v;
+    struct grant g = {0};
+    char uri[KB_WIRE_MAX_STRING + 1], file[4096];
+    double salt, data_len, ino, size, fd;
+    EVP_PKEY *pkey = NULL;
+
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || !get_string(env, argv[0], "uri", uri, sizeof(uri), 1) ||
+        !get_string(env, argv[0], "algorithm", g.algorithm, sizeof(g.algorithm),
+                    1) ||
+        !get_string(env, argv[0], "digest", g.digest, sizeof(g.digest), 1) ||
+        !get_string(env, argv[0], "mgf1Digest", g.mgf1, sizeof(g.mgf1), 0) ||
+        !get_number(env, argv[0], "saltLength", &salt, 0) ||
+        !get_number(env, argv[0], "dataLength", &data_len, 1) ||
+        !get_string(env, argv[0], "file", file, sizeof(file), 1) ||
+        !get_number(env, argv[0], "ino", &ino, 1) ||
+        !get_number(env, argv[0], "mtimeMs", &g.mtime_ms, 1) ||
+        !get_number(env, argv[0], "size", &size, 1) ||
+        !get_number(env, argv[0], "auditFd", &fd, 1) ||
+        napi_get_named_property(env, argv[0], "key", &v) != napi_ok ||
+        napi_get_value_external(env, v, (void **)&pkey) != napi_ok ||
+        pkey == NULL || data_len < 1)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "bridgeGrant({ uri, algorithm, digest, dataLength, "
+                           "key, file, ino, mtimeMs, size, auditFd })");
+    g.salt = (int64_t)salt;
+    g.data_len = (size_t)data_len;
+    g.ino = (uint64_t)ino;
+    g.size = (int64_t)size;
+
+    pthread_rwlock_wrlock(&lock);
+    audit_fd = (int)fd;
+    for (size_t i = 0; i < ngrants; i++) {
+        /* the same operation on a key read again: the new key replaces it */
+        struct grant *o = &grants[i];
+        if (strcmp(o->uri, uri) == 0 &&
+            strcmp(o->algorithm, g.algorithm) == 0 &&
+            strcmp(o->digest, g.digest) == 0 && strcmp(o->mgf1, g.mgf1) == 0 &&
+            o->salt == g.salt) {
+            grant_free(o);
+            *o = grants[--ngrants];
+            memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
+            break;
+        }
+    }
+    if (ngrants < MAX_GRANTS && (g.uri = strdup(uri)) != NULL &&
+        (g.file = strdup(file)) != NULL && EVP_PKEY_up_ref(pkey)) {
+        g.pkey = pkey;
+        grants[ngrants++] = g;
+    } else {
+        free(g.uri);
+        free(g.file);
+    }
+    atomic_store(&ngrants_hint, ngrants);
+    pthread_rwlock_unlock(&lock);
+    return NULL;
+}
+
+static napi_value bridge_revoke(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    char uri[KB_WIRE_MAX_STRING + 1];
+    napi_valuetype t = napi_undefined;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (argc >= 1)
+        napi_typeof(env, argv[0], &t);
+    if (t == napi_undefined) {
+        pthread_rwlock_wrlock(&lock);
+        revoke_locked(NULL);
+        pthread_rwlock_unlock(&lock);
+        return NULL;
+    }
+    size_t len;
+    if (napi_get_value_string_utf8(env, argv[0], uri, sizeof(uri), &len) !=
+        napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG", "bridgeRevoke(uri?)");
+    pthread_rwlock_wrlock(&lock);
+    revoke_locked(uri);
+    pthread_rwlock_unlock(&lock);
+    return NULL;
+}
+
+napi_status grants_register(napi_env env, napi_value exports)
+{
+    static const struct {
+        const char *name;
+        napi_callback fn;
+    } fns[] = {{"bridgeGrant", bridge_grant}, {"bridgeRevoke", bridge_revoke}};
+    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
+        napi_value fn;
+        napi_status st = napi_create_function(
+            env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
+        if (st != napi_ok)
+            return st;
+        st = napi_set_named_property(env, exports, fns[i].name, fn);
+        if (st != napi_ok)
+            return st;
+    }
+    return napi_ok;
+}
