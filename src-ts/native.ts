@@ -36,8 +36,11 @@ export interface NativeAddon {
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;
   bridgeComplete(handle: BridgeHandle, reply: Buffer): void;
-  /** Lets the bridge run this approved signature on the caller's thread (grants.c); auditFd -1: no audit file. */
-  bridgeGrant(grant: {
+  /**
+   * Grants (grants.c): lets this approved signature run without the KeyService's dispatch, on the
+   * bridge caller's thread (uid absent) or for one agent peer (signGranted). auditFd -1: no audit.
+   */
+  grantSign(grant: {
     uri: string;
     algorithm: string;
     digest: string;
@@ -50,9 +53,12 @@ export interface NativeAddon {
     mtimeMs: number;
     size: number;
     auditFd: number;
+    uid?: number;
   }): void;
   /** Ends the grants of one URI, or all of them. */
-  bridgeRevoke(uri?: string): void;
+  revokeGrants(uri?: string): void;
+  /** The agent's side: the reply frame if a grant for this peer covered the SIGN frame, else null. */
+  signGranted(frame: Buffer, pid: number, uid: number, allowRsa: boolean): Buffer | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */

@@ -15,10 +15,18 @@
  * grants when a key is deleted and clears them all when it stops, so a
  * closed KeyService signs nothing.
  *
- * JS surface (the worker's):
- *   bridgeGrant({ uri, algorithm, digest, mgf1Digest?, saltLength?,
- *                 dataLength, key, file, ino, mtimeMs, size, auditFd })
- *   bridgeRevoke(uri?)       one URI's grants, or all of them
+ * The agent uses the same table for its peers: a grant made after a peer's
+ * approved SIGN names that peer's uid, and the agent asks signGranted() before
+ * it hands a SIGN to JavaScript, skipping the dispatch (RSA only when the
+ * event loop may run it: see src-ts/backends/backend.ts).
+ *
+ * JS surface:
+ *   grantSign({ uri, algorithm, digest, mgf1Digest?, saltLength?, dataLength,
+ *               key, file, ino, mtimeMs, size, auditFd, uid? })
+ *                            uid: the only peer it is for (absent: any
+ *                            caller of this process's bridge)
+ *   revokeGrants(uri?)       one URI's grants, or all of them
+ *   signGranted(frame, pid, uid, allowRsa) -> reply frame | null
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -51,6 +59,14 @@ struct grant {
     uint64_t ino;
     double mtime_ms;
     int64_t size;
+    int64_t uid; /* the peer it is for; -1: any caller in this process */
+};
+
+/* Who asks, for matching and for the audit line. */
+struct caller {
+    long pid;
+    unsigned long uid;
+    int allow_rsa; /* 0: leave RSA to the pool (the agent under load) */
 };
 
 /* Writer-preferring: a close() must not wait behind a stream of signatures. */
@@ -112,11 +128,14 @@ static int string_is(const struct kb_wire_msg *m, uint16_t tag,
     return strlen(want) == f->len && memcmp(f->val, want, f->len) == 0;
 }
 
-static int matches(const struct grant *g, const struct kb_wire_msg *m,
+static int matches(const struct grant *g, const struct caller *c,
+                   const struct kb_wire_msg *m,
                    const struct kb_wire_field *data)
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
-    return string_is(m, KB_TAG_URI, g->uri) &&
+    return (g->uid < 0 || (unsigned long)g->uid == c->uid) &&
+           (c->allow_rsa || strncmp(g->algorithm, "rsa", 3) != 0) &&
+           string_is(m, KB_TAG_URI, g->uri) &&
            string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
            string_is(m, KB_TAG_DIGEST, g->digest) &&
            string_is(m, KB_TAG_MGF1_DIGEST, g->mgf1) &&
@@ -152,7 +171,7 @@ static void json_string(FILE *f, const char *s)
 }
 
 /* The worker's audit line (src-ts/audit.ts), written before the answer. */
-static void audit(const struct grant *g, double ms)
+static void audit(const struct grant *g, const struct caller *c, double ms)
 {
     if (audit_fd < 0)
         return;
@@ -168,7 +187,7 @@ static void audit(const struct grant *g, double ms)
     gmtime_r(&now.tv_sec, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(f, "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":", when,
-            now.tv_nsec / 1000000L, (long)getpid(), (unsigned long)getuid());
+            now.tv_nsec / 1000000L, c->pid, c->uid);
     json_string(f, g->uri);
     fprintf(f,
             ",\"op\":\"sign\",\"alg\":\"%s\",\"digest\":\"%s\","
@@ -190,15 +209,17 @@ static double now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
+/* Runs a granted SIGN; returns 1 with the encoded reply in |out|. */
+static int sign_granted(const uint8_t *frame, size_t len,
+                        const struct caller *c, struct kb_buf *out)
 {
-    if (atomic_load(&ngrants_hint) == 0 || req->len < KB_WIRE_HEADER_LEN ||
-        ((req->data[8] << 8) | req->data[9]) != KB_MSG_SIGN)
+    if (atomic_load(&ngrants_hint) == 0 || len < KB_WIRE_HEADER_LEN ||
+        ((frame[8] << 8) | frame[9]) != KB_MSG_SIGN)
         return 0;
     struct kb_wire_msg *m = NULL;
     char why[64];
-    if (!kb_wire_decode(req->data, req->len, &m, why, sizeof(why)))
-        return 0; /* the worker reports it */
+    if (!kb_wire_decode(frame, len, &m, why, sizeof(why)))
+        return 0; /* the KeyService reports it */
     const struct kb_wire_field *data = field(m, KB_TAG_DATA);
     int done = 0;
     double started = now_ms();
@@ -206,7 +227,7 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
     pthread_rwlock_rdlock(&lock);
     const struct grant *g = NULL;
     for (size_t i = 0; data != NULL && i < ngrants && g == NULL; i++)
-        if (matches(&grants[i], m, data))
+        if (matches(&grants[i], c, m, data))
             g = &grants[i];
     if (g != NULL && file_unchanged(g)) {
         const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
@@ -218,16 +239,13 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
         if (local_crypto_sign(g->pkey, padding, g->digest, g->mgf1,
                               (int)g->salt, data->val, data->len, &sig,
                               &sig_len, err, sizeof(err))) {
-            struct kb_buf out = {0};
-            kb_frame_begin(&out, m->id, KB_MSG_SIGN | KB_WIRE_REPLY_BIT,
+            kb_frame_begin(out, m->id, KB_MSG_SIGN | KB_WIRE_REPLY_BIT,
                            KB_STATUS_OK);
-            kb_frame_bytes(&out, KB_TAG_RESULT, sig, sig_len);
-            if (kb_frame_end(&out) &&
-                kb_wire_decode(out.data, out.len, reply, why, sizeof(why))) {
-                audit(g, now_ms() - started);
+            kb_frame_bytes(out, KB_TAG_RESULT, sig, sig_len);
+            if (kb_frame_end(out)) {
+                audit(g, c, now_ms() - started);
                 done = 1;
             }
-            kb_buf_free(&out);
             OPENSSL_clear_free(sig, sig_len);
         }
     }
@@ -236,7 +254,46 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
     return done;
 }
 
-/* ---- the worker's side ------------------------------------------------- */
+int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
+{
+    struct caller c = {(long)getpid(), (unsigned long)getuid(), 1};
+    struct kb_buf out = {0};
+    char why[64];
+    int done = sign_granted(req->data, req->len, &c, &out) &&
+               kb_wire_decode(out.data, out.len, reply, why, sizeof(why));
+    kb_buf_free(&out);
+    return done;
+}
+
+/* signGranted(frame, pid, uid, allowRsa): the agent's side. */
+static napi_value sign_granted_js(napi_env env, napi_callback_info info)
+{
+    size_t argc = 4;
+    napi_value argv[4], result;
+    void *frame = NULL;
+    size_t len = 0;
+    int64_t pid = 0, uid = 0;
+    bool allow_rsa = false;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 4 ||
+        napi_get_buffer_info(env, argv[0], &frame, &len) != napi_ok ||
+        napi_get_value_int64(env, argv[1], &pid) != napi_ok ||
+        napi_get_value_int64(env, argv[2], &uid) != napi_ok ||
+        napi_get_value_bool(env, argv[3], &allow_rsa) != napi_ok || uid < 0)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "signGranted(frame, pid, uid, allowRsa)");
+    struct caller c = {(long)pid, (unsigned long)uid, allow_rsa};
+    struct kb_buf out = {0};
+    if (!sign_granted(frame, len, &c, &out) ||
+        napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
+            napi_ok)
+        napi_get_null(env, &result);
+    kb_buf_free(&out);
+    return result;
+}
+
+/* ---- the KeyService's side -------------------------------------------------
+ */
 
 static int get_string(napi_env env, napi_value obj, const char *name, char *buf,
                       size_t size, int required)
@@ -270,13 +327,13 @@ static int get_number(napi_env env, napi_value obj, const char *name,
     return napi_get_value_double(env, v, out) == napi_ok;
 }
 
-static napi_value bridge_grant(napi_env env, napi_callback_info info)
+static napi_value grant_sign(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
     napi_value argv[1], v;
     struct grant g = {0};
     char uri[KB_WIRE_MAX_STRING + 1], file[4096];
-    double salt, data_len, ino, size, fd;
+    double salt, data_len, ino, size, fd, uid;
     EVP_PKEY *pkey = NULL;
 
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
@@ -292,16 +349,18 @@ static napi_value bridge_grant(napi_env env, napi_callback_info info)
         !get_number(env, argv[0], "mtimeMs", &g.mtime_ms, 1) ||
         !get_number(env, argv[0], "size", &size, 1) ||
         !get_number(env, argv[0], "auditFd", &fd, 1) ||
+        !get_number(env, argv[0], "uid", &uid, 0) ||
         napi_get_named_property(env, argv[0], "key", &v) != napi_ok ||
         napi_get_value_external(env, v, (void **)&pkey) != napi_ok ||
         pkey == NULL || data_len < 1)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "bridgeGrant({ uri, algorithm, digest, dataLength, "
-                           "key, file, ino, mtimeMs, size, auditFd })");
+                           "grantSign({ uri, algorithm, digest, dataLength, "
+                           "key, file, ino, mtimeMs, size, auditFd, uid? })");
     g.salt = (int64_t)salt;
     g.data_len = (size_t)data_len;
     g.ino = (uint64_t)ino;
     g.size = (int64_t)size;
+    g.uid = (int64_t)uid; /* absent: -1, any caller */
 
     pthread_rwlock_wrlock(&lock);
     audit_fd = (int)fd;
@@ -311,7 +370,7 @@ static napi_value bridge_grant(napi_env env, napi_callback_info info)
         if (strcmp(o->uri, uri) == 0 &&
             strcmp(o->algorithm, g.algorithm) == 0 &&
             strcmp(o->digest, g.digest) == 0 && strcmp(o->mgf1, g.mgf1) == 0 &&
-            o->salt == g.salt) {
+            o->salt == g.salt && o->uid == g.uid) {
             grant_free(o);
             *o = grants[--ngrants];
             memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
@@ -331,7 +390,7 @@ static napi_value bridge_grant(napi_env env, napi_callback_info info)
     return NULL;
 }
 
-static napi_value bridge_revoke(napi_env env, napi_callback_info info)
+static napi_value revoke_grants(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
     napi_value argv[1];
@@ -350,7 +409,7 @@ static napi_value bridge_revoke(napi_env env, napi_callback_info info)
     size_t len;
     if (napi_get_value_string_utf8(env, argv[0], uri, sizeof(uri), &len) !=
         napi_ok)
-        return addon_throw(env, "ERR_INVALID_ARG", "bridgeRevoke(uri?)");
+        return addon_throw(env, "ERR_INVALID_ARG", "revokeGrants(uri?)");
     pthread_rwlock_wrlock(&lock);
     revoke_locked(uri);
     pthread_rwlock_unlock(&lock);
@@ -362,7 +421,9 @@ napi_status grants_register(napi_env env, napi_value exports)
     static const struct {
         const char *name;
         napi_callback fn;
-    } fns[] = {{"bridgeGrant", bridge_grant}, {"bridgeRevoke", bridge_revoke}};
+    } fns[] = {{"grantSign", grant_sign},
+               {"revokeGrants", revoke_grants},
+               {"signGranted", sign_granted_js}};
     for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
         napi_value fn;
         napi_status st = napi_create_function(

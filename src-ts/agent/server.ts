@@ -11,8 +11,9 @@ import type { KeyService, Peer } from '../keyservice.js';
 import { Dispatcher, errorReply } from '../dispatch.js';
 import type { AuditSink } from '../audit.js';
 import { native, type WaitingSet } from '../native.js';
-import { setWaitingProbe } from '../backends/backend.js';
-import { FrameReader, ProtocolError, encodeFrame, type Frame } from '../wire/codec.js';
+import { mayRunInline, setWaitingProbe } from '../backends/backend.js';
+import { FrameReader, MsgType, ProtocolError, decodeFrame, encodeFrame, type Frame } from '../wire/codec.js';
+import { Grants } from '../grants.js';
 import { clearStaleSocket, prepareSocketDir } from './socket-path.js';
 
 export interface AgentOptions {
@@ -22,6 +23,8 @@ export interface AgentOptions {
   log?: (message: string) => void;
   /** Most requests one connection may have in flight before the agent stops reading from it. */
   maxInFlight?: number;
+  /** The audit file's descriptor, for signatures answered from grants (src-ts/grants.ts); absent: no grants. */
+  auditFd?: number;
 }
 
 /**
@@ -53,6 +56,8 @@ export class Agent {
   /** The connections, for backends asking whether other requests wait (backend.ts othersWaiting). */
   private readonly waiting: WaitingSet;
   private readonly removeWaitingProbe: () => void;
+  /** Signatures the KeyService approved for a peer, answered again without its dispatch. */
+  private readonly grants?: Grants;
 
   private constructor(private readonly opts: AgentOptions) {
     this.log = opts.log ?? (() => {});
@@ -62,6 +67,7 @@ export class Agent {
     const waiting = native().waitingSet();
     this.waiting = waiting;
     this.removeWaitingProbe = setWaitingProbe(() => native().waitingAny(waiting));
+    if (opts.auditFd !== undefined) this.grants = new Grants(opts.keyService, opts.auditFd);
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {
@@ -112,19 +118,40 @@ export class Agent {
     const conn: Connection = { socket, peer, inFlight: 0, greeted: false };
     this.connections.add(conn);
     const reader = new FrameReader();
+    const broke = (err: unknown) => {
+      this.log(`closing connection from pid ${peer.pid} uid ${peer.uid}: ${(err as Error).message}`);
+      socket.destroy();
+    };
     socket.on('data', (chunk: Buffer) => {
-      let frames: Frame[];
+      let raws: Buffer[];
       try {
-        frames = reader.push(chunk);
+        raws = reader.pushRaw(chunk);
       } catch (err) {
-        this.log(`closing connection from pid ${peer.pid} uid ${peer.uid}: ${(err as Error).message}`);
-        socket.destroy();
-        return;
+        return broke(err);
       }
-      for (const frame of frames) this.receive(conn, frame);
+      for (const raw of raws) {
+        if (socket.destroyed) return;
+        if (this.answerGranted(conn, raw)) continue;
+        let frame: Frame;
+        try {
+          frame = decodeFrame(raw);
+        } catch (err) {
+          return broke(err);
+        }
+        this.receive(conn, frame);
+      }
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => this.connections.delete(conn));
+  }
+
+  /** Answers a SIGN a grant covers for this peer (grants.c); false: the KeyService must see it. */
+  private answerGranted(conn: Connection, raw: Buffer): boolean {
+    if (!this.grants || !conn.greeted || this.stopping || raw.readUInt16BE(8) !== MsgType.SIGN) return false;
+    const reply = native().signGranted(raw, conn.peer.pid, conn.peer.uid, mayRunInline(0));
+    if (reply === null) return false;
+    conn.socket.write(reply);
+    return true;
   }
 
   private receive(conn: Connection, frame: Frame): void {
@@ -150,6 +177,7 @@ export class Agent {
     void this.dispatcher.handle(frame, conn.peer).then((reply) => {
       conn.inFlight--;
       this.pending--;
+      if (reply.status === 0) this.grants?.afterSuccess(frame, conn.peer.uid);
       if (!conn.socket.destroyed) {
         try {
           conn.socket.write(encodeFrame(reply));
@@ -173,6 +201,7 @@ export class Agent {
   /** Stops accepting, answers what is in flight (up to graceMs), then closes every connection and removes the socket. */
   stop(graceMs = 5000): Promise<void> {
     this.stopping ??= (async () => {
+      this.grants?.close();
       this.server.close();
       if (this.pending > 0) {
         await new Promise<void>((resolve) => {

@@ -37,6 +37,36 @@ export function othersWaiting(): boolean {
   return waitingProbe();
 }
 
+/** Private-key operations on this thread that have started and not finished. */
+let privateOpsInFlight = 0;
+/** When one last found others in flight or waiting (performance.now()). */
+let lastContended = -Infinity;
+/** How long after contention costly operations keep going to the pool: a burst's requests do not all arrive together. */
+const CONTENTION_MEMORY_MS = 50;
+
+/** Brackets a private-key operation for mayRunInline(). */
+export function privateOpStarted(): void {
+  privateOpsInFlight++;
+}
+export function privateOpEnded(): void {
+  privateOpsInFlight--;
+}
+
+/**
+ * Whether an operation costly enough to matter (RSA) may run on this
+ * thread's event loop now: nothing else in flight beyond the caller's own
+ * |own| operations, no request waiting, and no contention for a while. Under
+ * load such operations go to libuv's pool, so that one agent uses every core.
+ */
+export function mayRunInline(own: number): boolean {
+  const now = performance.now();
+  if (privateOpsInFlight > own || othersWaiting()) {
+    lastContended = now;
+    return false;
+  }
+  return now - lastContended > CONTENTION_MEMORY_MS;
+}
+
 /** Installs the probe behind othersWaiting(); returns a function that removes it again. */
 export function setWaitingProbe(probe: () => boolean): () => void {
   waitingProbe = probe;

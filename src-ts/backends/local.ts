@@ -17,7 +17,9 @@ import { defaultLocalStore } from '../paths.js';
 import { native, type NativeKeyHandle, type NativeOpOptions } from '../native.js';
 import { DIGESTS, KEY_SPECS, type Curve, type DecryptRequest, type KeySpec, type KeyType, type SignRequest } from '../types.js';
 import {
-  othersWaiting,
+  mayRunInline,
+  privateOpEnded,
+  privateOpStarted,
   type Backend,
   type BackendGrant,
   type BackendKeyDescription,
@@ -175,13 +177,6 @@ function readPassphrase(cfg: KeyringConfig): { passphrase: Buffer; origin: strin
   return undefined;
 }
 
-/** Private-key operations of every local keyring in this thread that have started and not finished. */
-let privateOpsInFlight = 0;
-/** When an RSA operation last found others in flight or waiting (performance.now()). */
-let lastContended = -Infinity;
-/** How long after contention RSA keeps going to the pool: a burst's requests do not all arrive together. */
-const CONTENTION_MEMORY_MS = 50;
-
 /**
  * Where an RSA private-key operation runs. In the in-process KeyService worker,
  * always on the worker's own thread: threads blocked in a kms: key operation
@@ -196,13 +191,7 @@ const CONTENTION_MEMORY_MS = 50;
  */
 function rsaOp(op: 'sign' | 'decrypt', handle: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer | Promise<Buffer> {
   const addon = native();
-  let inline = !isMainThread;
-  if (!inline) {
-    const now = performance.now();
-    if (privateOpsInFlight > 1 || othersWaiting()) lastContended = now;
-    else inline = now - lastContended > CONTENTION_MEMORY_MS;
-  }
-  if (inline) return op === 'sign' ? addon.signNow(handle, options, data) : addon.decryptNow(handle, options, data);
+  if (!isMainThread || mayRunInline(1)) return op === 'sign' ? addon.signNow(handle, options, data) : addon.decryptNow(handle, options, data);
   return op === 'sign' ? addon.sign(handle, options, data) : addon.decrypt(handle, options, data);
 }
 
@@ -386,7 +375,7 @@ export class LocalBackend implements Backend {
   }
 
   async sign(keyId: string, req: SignRequest): Promise<Buffer> {
-    privateOpsInFlight++;
+    privateOpStarted();
     try {
       const key = await this.load(keyId);
       const base = { ...(req.digest ? { digest: req.digest } : {}) };
@@ -402,12 +391,12 @@ export class LocalBackend implements Backend {
           return crypto.sign(null, req.data, key.keyObject);
       }
     } finally {
-      privateOpsInFlight--;
+      privateOpEnded();
     }
   }
 
   async decrypt(keyId: string, req: DecryptRequest): Promise<Buffer> {
-    privateOpsInFlight++;
+    privateOpStarted();
     try {
       const key = await this.load(keyId);
       if (req.algorithm === 'rsa-pkcs1-decrypt') return await rsaOp('decrypt', key.handle, { padding: 'pkcs1' }, req.data);
@@ -415,7 +404,7 @@ export class LocalBackend implements Backend {
       const options: NativeOpOptions = { padding: 'oaep', digest, mgf1Digest: req.mgf1Digest ?? digest, ...(req.label ? { label: req.label } : {}) };
       return await rsaOp('decrypt', key.handle, options, req.data);
     } finally {
-      privateOpsInFlight--;
+      privateOpEnded();
     }
   }
 

@@ -30,7 +30,8 @@ async function runForeground(g: GlobalOptions): Promise<void> {
       log(`keyring '${name}' is unusable until this is fixed: ${err.message}`);
     }
   }
-  const agent = await Agent.start({ socketPath, keyService, audit: audit.sink, log });
+  // Signatures answered from grants write their audit line to the same file (stderr: descriptor 2, written synchronously).
+  const agent = await Agent.start({ socketPath, keyService, audit: audit.sink, auditFd: audit.fd ?? 2, log });
   log(`config: ${config.source ?? 'built-in default'}; keyrings: ${keyService.keyringNames().join(', ')}`);
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {

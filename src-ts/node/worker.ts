@@ -10,9 +10,9 @@ import { Dispatcher, errorReply } from '../dispatch.js';
 import { asKmsError, ErrorCode, KmsError } from '../errors.js';
 import { KeyService } from '../keyservice.js';
 import { native, type BridgeHandle } from '../native.js';
-import { MsgType, REPLY_BIT, Tag, decodeFrame, encodeFrame, typeName, type Frame } from '../wire/codec.js';
-import { Fields, describeToFields } from '../wire/fields.js';
-import type { Digest, SignAlgorithm } from '../types.js';
+import { MsgType, REPLY_BIT, decodeFrame, encodeFrame, typeName } from '../wire/codec.js';
+import { describeToFields } from '../wire/fields.js';
+import { Grants } from '../grants.js';
 
 export interface WorkerInit {
   config?: string;
@@ -48,42 +48,8 @@ async function main(): Promise<void> {
   // itself on its first request of the named type, as a crash mid-handshake would.
   const crashOn = init.generation === 1 ? process.env.KMSBRIDGE_FAULT_WORKER_EXIT_ON : undefined;
 
-  let closing = false;
-  /**
-   * After a signature the KeyService approved and ran, the caller's thread may
-   * run the same operation itself next time (src-native/node/grants.c); a
-   * deleted key's grants end with it.
-   */
-  const afterSuccess = (req: Frame): void => {
-    const f = new Fields(req.fields);
-    const uri = f.string(Tag.URI);
-    if (uri === undefined || closing) return;
-    if (req.type === MsgType.DELETE) return addon.bridgeRevoke(uri);
-    if (req.type !== MsgType.SIGN) return;
-    const algorithm = f.string(Tag.ALGORITHM) as SignAlgorithm;
-    const digest = f.string(Tag.DIGEST) as Digest | undefined;
-    const mgf1Digest = f.string(Tag.MGF1_DIGEST) as Digest | undefined;
-    const saltLength = f.u32(Tag.SALT_LENGTH);
-    const request = {
-      algorithm,
-      data: f.requireBytes(Tag.DATA),
-      ...(digest ? { digest } : {}),
-      ...(mgf1Digest ? { mgf1Digest } : {}),
-      ...(saltLength !== undefined ? { saltLength } : {}),
-    };
-    void ks.grant(uri, request).then((g) => {
-      if (!g || closing || !digest) return;
-      addon.bridgeGrant({
-        ...g,
-        uri,
-        algorithm,
-        digest,
-        ...(mgf1Digest ? { mgf1Digest } : {}),
-        ...(saltLength !== undefined ? { saltLength } : {}),
-        auditFd: audit?.fd ?? -1,
-      });
-    });
-  };
+  // After a signature the KeyService approved and ran, the caller's thread runs the same operation itself next time.
+  const grants = new Grants(ks, audit?.fd ?? -1);
 
   addon.bridgeBind((frame: Buffer, handle: BridgeHandle) => {
     let reply: Buffer;
@@ -92,7 +58,7 @@ async function main(): Promise<void> {
       if (crashOn && typeName(req.type) === crashOn) process.exit(70);
       void dispatcher.handle(req, peer).then((r) => {
         addon.bridgeComplete(handle, encodeFrame(r));
-        if (r.status === 0) afterSuccess(req);
+        if (r.status === 0) grants.afterSuccess(req);
       });
       return;
     } catch (err) {
@@ -103,7 +69,7 @@ async function main(): Promise<void> {
 
   port.on('message', (m: HostMessage) => {
     if (m.op === 'close') {
-      closing = true;
+      grants.close();
       addon.bridgeUnbind();
       void ks.close().then(() => {
         audit?.close();

@@ -244,16 +244,21 @@ export class FrameReader {
   private size = 0;
 
   push(chunk: Buffer): Frame[] {
+    return this.pushRaw(chunk).map(decodeFrame);
+  }
+
+  /** The complete frames, still encoded (a bad length prefix throws; decodeFrame checks the rest). */
+  pushRaw(chunk: Buffer): Buffer[] {
     this.chunks.push(chunk);
     this.size += chunk.length;
-    const frames: Frame[] = [];
+    const frames: Buffer[] = [];
     for (;;) {
       if (this.size < 4) break;
       const head = this.peek(4);
       const length = head.readUInt32BE(0);
       checkLength(length);
       if (this.size < length + 4) break;
-      frames.push(decodeFrame(this.take(length + 4)));
+      frames.push(this.take(length + 4));
     }
     return frames;
   }

@@ -1,0 +1,48 @@
+/**
+ * Grants (src-native/node/grants.c): after the KeyService has checked and run
+ * a SIGN with a key that lives in this process, the same operation may run
+ * again without the KeyService's dispatch: on the caller's thread in the
+ * in-process mode, straight from the agent's socket handler for that peer.
+ * The KeyService decides every grant (KeyService.grant); this keeps the table
+ * in step: a deleted key's grants end, and all of them end on close.
+ */
+import type { KeyService } from './keyservice.js';
+import { native } from './native.js';
+import type { Digest, SignAlgorithm } from './types.js';
+import { MsgType, Tag, type Frame } from './wire/codec.js';
+import { Fields } from './wire/fields.js';
+
+export class Grants {
+  private closed = false;
+
+  /** auditFd: where granted operations write their audit line (-1: none). */
+  constructor(
+    private readonly ks: KeyService,
+    private readonly auditFd: number,
+  ) {}
+
+  /** After a request succeeded; uid: the peer the grant is for (undefined: any caller in this process). */
+  afterSuccess(req: Frame, uid?: number): void {
+    if (this.closed) return;
+    const f = new Fields(req.fields);
+    const uri = f.string(Tag.URI);
+    if (uri === undefined) return;
+    if (req.type === MsgType.DELETE) return native().revokeGrants(uri);
+    if (req.type !== MsgType.SIGN) return;
+    const algorithm = f.string(Tag.ALGORITHM) as SignAlgorithm;
+    const digest = f.string(Tag.DIGEST) as Digest | undefined;
+    const mgf1Digest = f.string(Tag.MGF1_DIGEST) as Digest | undefined;
+    const saltLength = f.u32(Tag.SALT_LENGTH);
+    const optional = { ...(mgf1Digest ? { mgf1Digest } : {}), ...(saltLength !== undefined ? { saltLength } : {}) };
+    void this.ks.grant(uri, { algorithm, data: f.requireBytes(Tag.DATA), ...(digest ? { digest } : {}), ...optional }).then((g) => {
+      if (!g || this.closed || !digest) return;
+      native().grantSign({ ...g, uri, algorithm, digest, ...optional, auditFd: this.auditFd, ...(uid !== undefined ? { uid } : {}) });
+    });
+  }
+
+  /** No grant from here on, and none left. */
+  close(): void {
+    this.closed = true;
+    native().revokeGrants();
+  }
+}

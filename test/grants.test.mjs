@@ -1,0 +1,171 @@
+// The grant table (src-native/node/grants.c), on its own as the agent uses it
+// and then through a real agent:
+// a grant covers exactly the operation, peer and key file it was made for,
+// writes the audit line with the asking peer's pid and uid, and ends with a
+// changed file or a revocation. Signatures are checked by node:crypto.
+import t from 'tap';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { native } from '../dist/native.js';
+import { MsgType, Tag, decodeFrame, encodeFrame } from '../dist/wire/codec.js';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kb-grants-'));
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+const addon = native();
+
+function keyFile(name) {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, 'stands for a sealed key file');
+  const st = fs.statSync(file);
+  return { file, ino: st.ino, mtimeMs: st.mtimeMs, size: st.size };
+}
+
+function signFrame(uri, algorithm, digestName, data, extra = []) {
+  return encodeFrame({
+    id: 7,
+    type: MsgType.SIGN,
+    status: 0,
+    fields: [
+      { tag: Tag.URI, value: uri },
+      { tag: Tag.ALGORITHM, value: algorithm },
+      { tag: Tag.DIGEST, value: digestName },
+      ...extra,
+      { tag: Tag.DATA, value: data },
+    ],
+  });
+}
+
+const auditFile = path.join(dir, 'audit.log');
+const auditFd = fs.openSync(auditFile, 'a', 0o600);
+t.teardown(() => {
+  addon.revokeGrants();
+  fs.closeSync(auditFd);
+});
+
+const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const handle = (pair) => addon.loadPrivateKey(pair.privateKey.export({ format: 'der', type: 'pkcs8' }));
+const digest = crypto.createHash('sha256').update('granted').digest();
+const ecFile = keyFile('ec.key');
+const rsaFile = keyFile('rsa.key');
+
+addon.grantSign({ uri: 'kms:t/ec', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...ecFile, auditFd, uid: 1001 });
+addon.grantSign({
+  uri: 'kms:t/rsa',
+  algorithm: 'rsa-pss',
+  digest: 'sha256',
+  saltLength: 32,
+  dataLength: 32,
+  key: handle(rsa),
+  ...rsaFile,
+  auditFd,
+  uid: 1001,
+});
+
+const result = (reply) => {
+  const f = decodeFrame(reply);
+  return { id: f.id, type: f.type, status: f.status, sig: f.fields.find((x) => x.tag === Tag.RESULT).value };
+};
+
+t.test('a granted signature: the right reply, a valid signature, one audit line for the asking peer', async (t) => {
+  const reply = addon.signGranted(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 4242, 1001, false);
+  t.ok(reply, 'answered');
+  const r = result(reply);
+  t.same([r.id, r.type, r.status], [7, MsgType.SIGN | 0x8000, 0], 'a SIGN reply with the request id');
+  t.ok(crypto.verify('sha256', Buffer.from('granted'), ec.publicKey, r.sig), 'the signature verifies');
+  const pss = addon.signGranted(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 4242, 1001, true);
+  t.ok(
+    crypto.verify('sha256', Buffer.from('granted'), { key: rsa.publicKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, result(pss).sig),
+    'RSA-PSS too',
+  );
+  const lines = fs
+    .readFileSync(auditFile, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  t.equal(lines.length, 2);
+  t.match(lines[0], { pid: 4242, uid: 1001, uri: 'kms:t/ec', op: 'sign', alg: 'ecdsa', digest: 'sha256', outcome: 'ok' });
+  t.match(lines[1], { uri: 'kms:t/rsa', alg: 'rsa-pss' });
+  t.ok(!Number.isNaN(Date.parse(lines[0].time)) && typeof lines[0].ms === 'number', 'with its time and duration');
+});
+
+t.test('anything but the granted operation, peer and key file goes to the KeyService', async (t) => {
+  const miss = (frame, uid = 1001, allowRsa = true) => addon.signGranted(frame, 1, uid, allowRsa);
+  t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 1002), null, 'another uid');
+  t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha384', crypto.randomBytes(48))), null, 'another digest');
+  t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest.subarray(0, 20))), null, 'another input length');
+  t.equal(miss(signFrame('kms:t/ec2', 'ecdsa', 'sha256', digest)), null, 'another key');
+  t.equal(miss(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 20 }])), null, 'another salt length');
+  t.equal(miss(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 1001, false), null, 'RSA while the agent is busy');
+  t.equal(miss(Buffer.from('not a frame at all, just bytes')), null, 'garbage');
+  const other = encodeFrame({ id: 1, type: MsgType.DECRYPT, status: 0, fields: [{ tag: Tag.URI, value: 'kms:t/rsa' }] });
+  t.equal(miss(other), null, 'another request type');
+
+  fs.utimesSync(ecFile.file, new Date(), new Date(Date.now() + 5000));
+  t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest)), null, 'the key file changed');
+  fs.rmSync(rsaFile.file);
+  t.equal(miss(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }])), null, 'the key file is gone');
+});
+
+t.test('revoked grants answer nothing', async (t) => {
+  const file = keyFile('again.key');
+  addon.grantSign({ uri: 'kms:t/again', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
+  t.ok(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, false), 'granted');
+  addon.revokeGrants('kms:t/again');
+  t.equal(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, false), null, 'revoked');
+  t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
+});
+
+t.test('through a real agent: repeated signatures verify and are audited once each; deleted and replaced keys are not used', async (t) => {
+  const { sandbox, cliOk, startAgent, opensslOk } = await import('./lib/env.mjs');
+  const { AgentClient } = await import('../dist/agent/client.js');
+  const box = sandbox(t);
+  await startAgent(t, box);
+  const uri = cliOk(t, box, ['keys', 'create', 'g', '--keyring', 'local', '--type', 'ec-p256']).trim();
+  const pubPem = cliOk(t, box, ['keys', 'export', uri]);
+  const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
+  t.teardown(() => client.close());
+  const sign = (msg) =>
+    client
+      .request(MsgType.SIGN, [
+        { tag: Tag.URI, value: uri },
+        { tag: Tag.ALGORITHM, value: 'ecdsa' },
+        { tag: Tag.DIGEST, value: 'sha256' },
+        { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
+      ])
+      .then((f) => f.requireBytes(Tag.RESULT));
+  const audited = () =>
+    fs
+      .readFileSync(box.file('audit.log'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => r.op === 'sign');
+  await sign('first');
+  await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
+  const sigs = [];
+  for (let i = 0; i < 50; i++) sigs.push(await sign(`message ${i}`));
+  t.ok(
+    sigs.every((s, i) => crypto.verify('sha256', Buffer.from(`message ${i}`), pubPem, s)),
+    '50 signatures verify',
+  );
+  fs.writeFileSync(box.file('g.pub'), pubPem);
+  fs.writeFileSync(box.file('g.msg'), 'message 49');
+  fs.writeFileSync(box.file('g.sig'), sigs[49]);
+  opensslOk(t, ['dgst', '-sha256', '-verify', box.file('g.pub'), '-signature', box.file('g.sig'), box.file('g.msg')]);
+  const lines = audited();
+  t.equal(lines.length, 51, 'one audit line each');
+  t.ok(
+    lines.every((r) => r.pid === process.pid && r.uid === process.getuid() && r.uri === uri && r.outcome === 'ok'),
+    'naming this process as the peer',
+  );
+  cliOk(t, box, ['keys', 'delete', uri]);
+  await t.rejects(sign('after delete'), { codeName: 'NOT_FOUND' }, 'deleted through the agent: refused');
+  cliOk(t, box, ['keys', 'create', 'g', '--keyring', 'local', '--type', 'ec-p256']);
+  const newPub = cliOk(t, box, ['keys', 'export', uri]);
+  const s = await sign('after replace');
+  t.ok(crypto.verify('sha256', Buffer.from('after replace'), newPub, s), 'replaced: the new key signs');
+  t.notOk(crypto.verify('sha256', Buffer.from('after replace'), pubPem, s), 'not the old one');
+});
