@@ -20,7 +20,11 @@ import { writeReport } from './bench/report.mjs';
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
-const OUT = argv.includes('--out') ? path.resolve(argv[argv.indexOf('--out') + 1]) : QUICK ? path.join(ROOT, 'build', 'bench') : path.join(ROOT, 'docs', 'bench');
+const OUT = argv.includes('--out')
+  ? path.resolve(argv[argv.indexOf('--out') + 1])
+  : QUICK
+    ? path.join(ROOT, 'build', 'bench')
+    : path.join(ROOT, 'docs', 'bench');
 
 const PLAN = QUICK
   ? {
@@ -91,7 +95,10 @@ async function measure(cmd, args, env) {
   const r = await exec(cmd, args, env);
   const line = r.stdout.trim().split('\n').pop() ?? '';
   if (r.code !== 0 || !line.startsWith('{')) {
-    const why = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^\s*at /.test(l));
+    const why = r.stderr
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && !/^\s*at /.test(l));
     throw new Error(why.slice(-3).join(' | ').slice(0, 300) || `exit ${r.code}`);
   }
   return JSON.parse(line);
@@ -219,7 +226,11 @@ async function signSection(ctx, avail) {
           if (v === 'node-pem' || v === 'node-kms') {
             // N > 1: callback crypto.sign on libuv's pool, sized N + 4 (see docs/bench/latest.md)
             const env = { ...ctx.env, UV_THREADPOOL_SIZE: String(threads + 4) };
-            return measure(process.execPath, [path.join(ROOT, 'scripts', 'bench', 'node-sign.mjs'), v === 'node-pem' ? k.pem : k.local, digestFor(alg), String(threads), secs], env);
+            return measure(
+              process.execPath,
+              [path.join(ROOT, 'scripts', 'bench', 'node-sign.mjs'), v === 'node-pem' ? k.pem : k.local, digestFor(alg), String(threads), secs],
+              env,
+            );
           }
           const args = {
             file: ['--key', k.pem],
@@ -301,7 +312,12 @@ async function startServer(ctx, kind, variant, alg, processes = 1, keyOverride) 
   const key = keyOverride ?? { pem: k.pem, pkcs11: k.p11 }[route] ?? k.local;
   const cert = { pem: k.cert, pkcs11: k.hsmCert }[route] ?? k.localCert;
   const env = route === 'pkcs11' ? { ...ctx.env, OPENSSL_CONF: ctx.p11conf } : ctx.env;
-  child = track(spawn(process.execPath, [path.join(ROOT, 'scripts', 'bench', 'https-server.mjs'), route, key, cert, String(processes)], { env, stdio: ['ignore', 'pipe', 'pipe'] }));
+  child = track(
+    spawn(process.execPath, [path.join(ROOT, 'scripts', 'bench', 'https-server.mjs'), route, key, cert, String(processes)], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
   child.stderr.on('data', (d) => (log = (log + d).slice(-4000)));
   const info = await new Promise((resolve, reject) => {
     let out = '';
@@ -316,7 +332,16 @@ async function startServer(ctx, kind, variant, alg, processes = 1, keyOverride) 
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`the Node server exited (${code}): ${log.trim().split('\n').filter((l) => l.trim() && !/^\s+at |^Node\.js v/.test(l)).slice(-2).join(' | ')}`));
+      reject(
+        new Error(
+          `the Node server exited (${code}): ${log
+            .trim()
+            .split('\n')
+            .filter((l) => l.trim() && !/^\s+at |^Node\.js v/.test(l))
+            .slice(-2)
+            .join(' | ')}`,
+        ),
+      );
     });
   });
   return { port: info.port, pids: info.pids, child, uses: route === 'agent' ? ['agent'] : [] };
@@ -355,7 +380,12 @@ async function tlsSection(ctx, avail) {
       const sub = PLAN.tlsVersions.map((tls) => newRow('tls', { server: kind, tls, alg }, variants));
       rows.push(...sub);
       for (const v of variants) {
-        const unavailable = (v === 'engine' || v === 'node-engine') && avail.kmsEngine ? avail.kmsEngine : (v === 'libp11' || v === 'node-pkcs11') && avail.libp11 ? avail.libp11 : null;
+        const unavailable =
+          (v === 'engine' || v === 'node-engine') && avail.kmsEngine
+            ? avail.kmsEngine
+            : (v === 'libp11' || v === 'node-pkcs11') && avail.libp11
+              ? avail.libp11
+              : null;
         try {
           if (unavailable) throw new Error(unavailable);
           servers.set(`${kind}/${alg}/${v}`, await startServer(ctx, kind, v, alg));
@@ -377,7 +407,9 @@ async function tlsSection(ctx, avail) {
           await runCell(row, v, r, `${kind} TLS ${tls} ${alg} ${VARIANTS[v]}`, () => handshakes(ctx, s, tls, PLAN.tlsThreads, PLAN.tlsSeconds));
         }
         const f = (v) => row.cells[v].rounds[r];
-        progress(`  ${kind} TLS ${tls} ${alg}: ${kinds[kind].map((v) => `${v} ${f(v) ? `${Math.round(f(v).perSec)}/s ${Math.round(f(v).totalCpuUs)}µs` : '–'}`).join(', ')}`);
+        progress(
+          `  ${kind} TLS ${tls} ${alg}: ${kinds[kind].map((v) => `${v} ${f(v) ? `${Math.round(f(v).perSec)}/s ${Math.round(f(v).totalCpuUs)}µs` : '–'}`).join(', ')}`,
+        );
       }
     }
   } finally {
@@ -417,7 +449,10 @@ async function slowSection(ctx) {
     for (const clients of PLAN.slowClients) rows.push(newRow('slow', { latencyMs: lat, clients }, modes));
     for (const mode of modes) {
       try {
-        servers.set(`${lat}/${mode}`, await startServer(ctx, 'node', 'node-keyref', 'P-256', mode === 'single' ? 1 : PLAN.slowProcesses, `kms:${keyring}/${ALGS['P-256'].name}`));
+        servers.set(
+          `${lat}/${mode}`,
+          await startServer(ctx, 'node', 'node-keyref', 'P-256', mode === 'single' ? 1 : PLAN.slowProcesses, `kms:${keyring}/${ALGS['P-256'].name}`),
+        );
       } catch (err) {
         for (const row of rows.filter((x) => x.key.latencyMs === lat)) row.cells[mode].error = err.message;
         progress(`  ${lat} ms ${mode}: skipped: ${err.message}`);
@@ -431,10 +466,14 @@ async function slowSection(ctx) {
         for (const mode of rotate(modes, r)) {
           const s = servers.get(`${row.key.latencyMs}/${mode}`);
           if (!s) continue;
-          await runCell(row, mode, r, `slow ${row.key.latencyMs} ms ×${row.key.clients} ${mode}`, () => handshakes(ctx, s, '1.3', row.key.clients, PLAN.slowSeconds));
+          await runCell(row, mode, r, `slow ${row.key.latencyMs} ms ×${row.key.clients} ${mode}`, () =>
+            handshakes(ctx, s, '1.3', row.key.clients, PLAN.slowSeconds),
+          );
         }
         const f = (m) => row.cells[m].rounds[r]?.perSec;
-        progress(`  ${row.key.latencyMs} ms, ${row.key.clients} clients: 1 process ${f('single') ? Math.round(f('single')) : '–'}/s, cluster ${f('cluster') ? Math.round(f('cluster')) : '–'}/s`);
+        progress(
+          `  ${row.key.latencyMs} ms, ${row.key.clients} clients: 1 process ${f('single') ? Math.round(f('single')) : '–'}/s, cluster ${f('cluster') ? Math.round(f('cluster')) : '–'}/s`,
+        );
       }
     }
   } finally {
@@ -450,7 +489,12 @@ async function memorySection(ctx) {
   const out = { agentMainRssKiB: ctx.agent ? rssKiB(ctx.agent.pid) : null };
   // a second agent of its own, on its own socket and keyring
   const sock = ctx.file('run/mem-agent.sock');
-  const agent = track(spawn(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'agent', '--foreground'], { env: { ...ctx.env, KMSBRIDGE_AGENT_SOCK: sock }, stdio: 'ignore' }));
+  const agent = track(
+    spawn(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'agent', '--foreground'], {
+      env: { ...ctx.env, KMSBRIDGE_AGENT_SOCK: sock },
+      stdio: 'ignore',
+    }),
+  );
   try {
     for (let i = 0; i < 300 && !fs.existsSync(sock); i++) await sleep(50);
     await sleep(500);

@@ -104,8 +104,17 @@ t.test('a backend call that hangs fails with the timeout error naming the keyrin
   const config = parseConfig(`[keyrings.slow]\ntype = "local"\ntimeout_ms = 300\n[keyrings.fast]\ntype = "local"\n`, 'test');
   const hanging = (cfg) => ({
     type: 'local',
-    describe: async () => ({ keyType: 'ec', bits: 256, curve: 'P-256', publicKey: Buffer.alloc(0), algorithms: ['ecdsa'], digests: ['sha256'], pssSalt: 'any' }),
-    sign: (_id, _req, signal) => (cfg.name === 'slow' ? new Promise((_, rej) => signal.addEventListener('abort', () => rej(new Error('aborted')))) : Promise.resolve(Buffer.from('sig'))),
+    describe: async () => ({
+      keyType: 'ec',
+      bits: 256,
+      curve: 'P-256',
+      publicKey: Buffer.alloc(0),
+      algorithms: ['ecdsa'],
+      digests: ['sha256'],
+      pssSalt: 'any',
+    }),
+    sign: (_id, _req, signal) =>
+      cfg.name === 'slow' ? new Promise((_, rej) => signal.addEventListener('abort', () => rej(new Error('aborted')))) : Promise.resolve(Buffer.from('sig')),
     random: async (n) => Buffer.alloc(n),
     close: async () => {},
   });
@@ -115,7 +124,10 @@ t.test('a backend call that hangs fails with the timeout error naming the keyrin
   const c = await AgentClient.connect(box.socket);
   t.teardown(() => c.close());
   const started = Date.now();
-  await t.rejects(signEc(c, 'kms:slow/k', Buffer.from('x')), { codeName: 'TIMEOUT', message: /keyring 'slow' \(local\) did not answer sign with kms:slow\/k within 300 ms/ });
+  await t.rejects(signEc(c, 'kms:slow/k', Buffer.from('x')), {
+    codeName: 'TIMEOUT',
+    message: /keyring 'slow' \(local\) did not answer sign with kms:slow\/k within 300 ms/,
+  });
   const took = Date.now() - started;
   t.ok(took >= 290 && took < 5000, `failed after ${took} ms`);
   t.same(await signEc(c, 'kms:fast/k', Buffer.from('y')), Buffer.from('sig'), 'the same connection serves the next request');
@@ -128,7 +140,12 @@ t.test('SIGTERM answers the requests in flight, removes the socket and exits 0',
   const c = await AgentClient.connect(box.socket);
   t.teardown(() => c.close());
   const inflight = Array.from({ length: 30 }, (_, i) =>
-    c.request(MsgType.SIGN, [{ tag: Tag.URI, value: uri }, { tag: Tag.ALGORITHM, value: 'rsa-pkcs1' }, { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.DATA, value: sha256(Buffer.from([i])) }]),
+    c.request(MsgType.SIGN, [
+      { tag: Tag.URI, value: uri },
+      { tag: Tag.ALGORITHM, value: 'rsa-pkcs1' },
+      { tag: Tag.DIGEST, value: 'sha256' },
+      { tag: Tag.DATA, value: sha256(Buffer.from([i])) },
+    ]),
   );
   await new Promise((r) => setTimeout(r, 5));
   agent.child.kill('SIGTERM');
@@ -188,7 +205,11 @@ t.test('every private-key operation leaves one JSON audit line without data', as
   await signEc(c, uri, Buffer.from('audited'));
   await t.rejects(signEc(c, 'kms:local/nope', Buffer.from('x')));
   await new Promise((r) => setTimeout(r, 100));
-  const lines = fs.readFileSync(box.file('audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const lines = fs
+    .readFileSync(box.file('audit.log'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   const signs = lines.filter((l) => l.op === 'sign');
   t.equal(signs.length, 2);
   t.match(signs[0], { uri, op: 'sign', alg: 'ecdsa', digest: 'sha256', outcome: 'ok', pid: process.pid, uid: process.getuid() });
@@ -226,27 +247,35 @@ function signAs(uid, box, uri) {
   return JSON.parse(r.stdout.trim() || JSON.stringify({ ok: false, message: r.stderr }));
 }
 
-t.test('another uid cannot use the agent unless the config allows it, and then only its keyrings', { skip: isRoot ? false : 'needs root to create a second user' }, async (t) => {
-  const friend = ensureUser('kmsbridge-friend');
-  const stranger = ensureUser('kmsbridge-stranger');
-  const box = sandbox(t, { keyrings: { local: { type: 'local' }, shared: { type: 'local', allow_uids: [friend] } } });
-  fs.chmodSync(box.dir, 0o711); // let other uids reach the socket directory
-  await startAgent(t, box);
-  t.equal(fs.statSync(box.socket).mode & 0o777, 0o666, 'socket opened to others because the config allows a uid');
-  const shared = cliOk(t, box, ['keys', 'create', 'team', '--keyring', 'shared', '--type', 'ec-p256']).trim();
-  const mine = cliOk(t, box, ['keys', 'create', 'mine', '--keyring', 'local', '--type', 'ec-p256']).trim();
-  t.same(signAs(friend, box, shared), { ok: true }, 'the allowed uid signs with the shared keyring');
-  t.match(signAs(friend, box, mine), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${friend} may not use keyring 'local'`) });
-  t.match(signAs(stranger, box, shared), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${stranger} may not use this agent`) });
-});
+t.test(
+  'another uid cannot use the agent unless the config allows it, and then only its keyrings',
+  { skip: isRoot ? false : 'needs root to create a second user' },
+  async (t) => {
+    const friend = ensureUser('kmsbridge-friend');
+    const stranger = ensureUser('kmsbridge-stranger');
+    const box = sandbox(t, { keyrings: { local: { type: 'local' }, shared: { type: 'local', allow_uids: [friend] } } });
+    fs.chmodSync(box.dir, 0o711); // let other uids reach the socket directory
+    await startAgent(t, box);
+    t.equal(fs.statSync(box.socket).mode & 0o777, 0o666, 'socket opened to others because the config allows a uid');
+    const shared = cliOk(t, box, ['keys', 'create', 'team', '--keyring', 'shared', '--type', 'ec-p256']).trim();
+    const mine = cliOk(t, box, ['keys', 'create', 'mine', '--keyring', 'local', '--type', 'ec-p256']).trim();
+    t.same(signAs(friend, box, shared), { ok: true }, 'the allowed uid signs with the shared keyring');
+    t.match(signAs(friend, box, mine), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${friend} may not use keyring 'local'`) });
+    t.match(signAs(stranger, box, shared), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${stranger} may not use this agent`) });
+  },
+);
 
-t.test('with no uid allowed, the socket is 0600 and another uid cannot even connect', { skip: isRoot ? false : 'needs root to create a second user' }, async (t) => {
-  const stranger = ensureUser('kmsbridge-stranger');
-  const box = sandbox(t);
-  fs.chmodSync(box.dir, 0o711);
-  await startAgent(t, box);
-  t.equal(fs.statSync(box.socket).mode & 0o777, 0o600);
-  t.equal(fs.statSync(path.dirname(box.socket)).mode & 0o777, 0o700);
-  const r = signAs(stranger, box, 'kms:local/x');
-  t.match(r, { ok: false, code: 'ACCESS_DENIED' });
-});
+t.test(
+  'with no uid allowed, the socket is 0600 and another uid cannot even connect',
+  { skip: isRoot ? false : 'needs root to create a second user' },
+  async (t) => {
+    const stranger = ensureUser('kmsbridge-stranger');
+    const box = sandbox(t);
+    fs.chmodSync(box.dir, 0o711);
+    await startAgent(t, box);
+    t.equal(fs.statSync(box.socket).mode & 0o777, 0o600);
+    t.equal(fs.statSync(path.dirname(box.socket)).mode & 0o777, 0o700);
+    const r = signAs(stranger, box, 'kms:local/x');
+    t.match(r, { ok: false, code: 'ACCESS_DENIED' });
+  },
+);

@@ -20,8 +20,7 @@ const SAN_ENV = {
   LSAN_OPTIONS: `suppressions=${SUPP}:print_suppressions=0`,
   UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1',
 };
-const findings = (stderr) =>
-  stderr.split('\n').filter((l) => /ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer/.test(l));
+const findings = (stderr) => stderr.split('\n').filter((l) => /ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer/.test(l));
 
 const why = missing();
 const build = why ? null : spawnSync('make', ['-C', path.join(ROOT, 'src-native'), 'asan'], { encoding: 'utf8', timeout: 600_000 });
@@ -34,7 +33,10 @@ if (why) {
 } else {
   const native = path.join(ASAN_DIR, 'native-tests');
   t.test('the C wire codec passes the golden vectors under ASan+UBSan', async (t) => {
-    const r = spawnSync(path.join(native, 'wire_vectors'), [path.join(ROOT, 'test', 'golden', 'wire-vectors.txt')], { env: { ...process.env, ...SAN_ENV }, encoding: 'utf8' });
+    const r = spawnSync(path.join(native, 'wire_vectors'), [path.join(ROOT, 'test', 'golden', 'wire-vectors.txt')], {
+      env: { ...process.env, ...SAN_ENV },
+      encoding: 'utf8',
+    });
     t.equal(r.status, 0, r.stdout.slice(-2000) + r.stderr);
     t.same(findings(r.stderr), []);
     t.notMatch(r.stdout, /^not ok/m);
@@ -49,13 +51,21 @@ if (why) {
   ctx.modules = MODULES;
 
   const stress = path.join(native, 'provider_stress');
-  t.test('8 threads × 100 signatures on shared and separate keys through the ASan provider: all verify, no finding', { skip: fs.existsSync(stress) ? false : 'provider_stress not built' }, async (t) => {
-    const out = ctx.file('stress');
-    const r = spawnSync(stress, ['threads', MODULES, out, 'kms:local/web', 'kms:local/rsa', '8', '100'], { env: { ...ctx.env, ...SAN_ENV }, encoding: 'utf8', timeout: 300_000 });
-    t.equal(r.status, 0, r.stdout.slice(-2000) + r.stderr.slice(-4000));
-    t.same(findings(r.stderr), []);
-    t.match(r.stdout, /summary/);
-  });
+  t.test(
+    '8 threads × 100 signatures on shared and separate keys through the ASan provider: all verify, no finding',
+    { skip: fs.existsSync(stress) ? false : 'provider_stress not built' },
+    async (t) => {
+      const out = ctx.file('stress');
+      const r = spawnSync(stress, ['threads', MODULES, out, 'kms:local/web', 'kms:local/rsa', '8', '100'], {
+        env: { ...ctx.env, ...SAN_ENV },
+        encoding: 'utf8',
+        timeout: 300_000,
+      });
+      t.equal(r.status, 0, r.stdout.slice(-2000) + r.stderr.slice(-4000));
+      t.same(findings(r.stderr), []);
+      t.match(r.stdout, /summary/);
+    },
+  );
 
   const tool = {
     name: 'ASan+UBSan',

@@ -5,7 +5,14 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { CreateKeyCommand, DescribeKeyCommand, DisableKeyCommand, GetPublicKeyCommand, ListAliasesCommand, ScheduleKeyDeletionCommand } from '@aws-sdk/client-kms';
+import {
+  CreateKeyCommand,
+  DescribeKeyCommand,
+  DisableKeyCommand,
+  GetPublicKeyCommand,
+  ListAliasesCommand,
+  ScheduleKeyDeletionCommand,
+} from '@aws-sdk/client-kms';
 import { sandbox, cli, cliOk, openssl, startAgent } from './lib/env.mjs';
 import { TEST_CREDENTIALS, awsEnv, blackhole, sdkClient, spkiPem, startTestKms } from './aws-kms-server/index.mjs';
 import { KeyService } from '../dist/keyservice.js';
@@ -23,13 +30,17 @@ const box = sandbox(t, { keyrings: {} });
 
 function keyringToml(name, settings) {
   const lines = [`[keyrings.${name}]`, 'type = "aws"'];
-  for (const [k, v] of Object.entries({ region: server.region, endpoint: server.url, timeout_ms: 10000, ...settings })) lines.push(`${k} = ${JSON.stringify(v)}`);
+  for (const [k, v] of Object.entries({ region: server.region, endpoint: server.url, timeout_ms: 10000, ...settings }))
+    lines.push(`${k} = ${JSON.stringify(v)}`);
   return lines.join('\n');
 }
 
 /** A KeyService of the test's own, as the agent and the in-process worker run it. */
 function keyService(t, keyrings = { aws: {} }) {
-  const text = Object.entries(keyrings).map(([n, s]) => keyringToml(n, s)).join('\n\n') + '\n';
+  const text =
+    Object.entries(keyrings)
+      .map(([n, s]) => keyringToml(n, s))
+      .join('\n\n') + '\n';
   const ks = new KeyService(parseConfig(text, 'aws.test.mjs'));
   t.teardown(() => ks.close());
   return ks;
@@ -246,7 +257,11 @@ t.test('every algorithm AWS KMS offers signs, and openssl verifies', async (t) =
   );
   await rejects(
     t,
-    backendFor(t).sign(rsaPss.alias, { algorithm: 'rsa-pss', digest: 'sha256', mgf1Digest: 'sha1', saltLength: 32, data: sha256(message) }, new AbortController().signal),
+    backendFor(t).sign(
+      rsaPss.alias,
+      { algorithm: 'rsa-pss', digest: 'sha256', mgf1Digest: 'sha1', saltLength: 32, data: sha256(message) },
+      new AbortController().signal,
+    ),
     'UNSUPPORTED',
     /MGF1/,
     'PSS with MGF1-SHA-1',
@@ -256,7 +271,13 @@ t.test('every algorithm AWS KMS offers signs, and openssl verifies', async (t) =
 t.test('SHA-1 signatures are refused, and never sent to AWS KMS', async (t) => {
   await server.reset();
   const sha1 = crypto.createHash('sha1').update(message).digest();
-  await rejects(t, keyService(t).sign(`kms:aws/${rsa.alias}`, { algorithm: 'rsa-pkcs1', digest: 'sha1', data: sha1 }), 'UNSUPPORTED', /^AWS KMS does not sign with sha1 \(SHA-1 is broken/, 'default policy: the key manager is named, no setting is suggested');
+  await rejects(
+    t,
+    keyService(t).sign(`kms:aws/${rsa.alias}`, { algorithm: 'rsa-pkcs1', digest: 'sha1', data: sha1 }),
+    'UNSUPPORTED',
+    /^AWS KMS does not sign with sha1 \(SHA-1 is broken/,
+    'default policy: the key manager is named, no setting is suggested',
+  );
   await rejects(
     t,
     keyService(t, { aws: { allow_sha1: true } }).sign(`kms:aws/${rsa.alias}`, { algorithm: 'rsa-pkcs1', digest: 'sha1', data: sha1 }),
@@ -283,7 +304,13 @@ t.test('an ECDSA digest other than the curve one is refused', async (t) => {
   t.same(d.digests, ['sha256']);
   const data = crypto.createHash('sha384').update(message).digest();
   await rejects(t, ks.sign(uri, { algorithm: 'ecdsa', digest: 'sha384', data }), 'UNSUPPORTED', /sha256/, 'P-256 with SHA-384 (KeyService)');
-  await rejects(t, backendFor(t).sign(key.alias, { algorithm: 'ecdsa', digest: 'sha384', data }, new AbortController().signal), 'UNSUPPORTED', /P-256 keys only over sha256/, 'P-256 with SHA-384 (backend)');
+  await rejects(
+    t,
+    backendFor(t).sign(key.alias, { algorithm: 'ecdsa', digest: 'sha384', data }, new AbortController().signal),
+    'UNSUPPORTED',
+    /P-256 keys only over sha256/,
+    'P-256 with SHA-384 (backend)',
+  );
 });
 
 t.test('Ed25519 signs whole messages up to 4096 bytes and refuses longer ones', async (t) => {
@@ -297,7 +324,13 @@ t.test('Ed25519 signs whole messages up to 4096 bytes and refuses longer ones', 
   const small = Buffer.from('short');
   verify(t, pem, { message: small, signature: await ks.sign(uri, { algorithm: 'ed25519', data: small }), what: '5 bytes' });
   await rejects(t, ks.sign(uri, { algorithm: 'ed25519', data: crypto.randomBytes(4097) }), 'UNSUPPORTED', /4096/, '4097 bytes (KeyService)');
-  await rejects(t, backendFor(t).sign(key.alias, { algorithm: 'ed25519', data: crypto.randomBytes(5000) }, new AbortController().signal), 'UNSUPPORTED', /at most 4096 bytes/, '5000 bytes (backend)');
+  await rejects(
+    t,
+    backendFor(t).sign(key.alias, { algorithm: 'ed25519', data: crypto.randomBytes(5000) }, new AbortController().signal),
+    'UNSUPPORTED',
+    /at most 4096 bytes/,
+    '5000 bytes (backend)',
+  );
 });
 
 t.test('OAEP with SHA-1 and SHA-256 decrypts; PKCS#1 v1.5 and other digests are refused', async (t) => {
@@ -306,11 +339,19 @@ t.test('OAEP with SHA-1 and SHA-256 decrypts; PKCS#1 v1.5 and other digests are 
   const pem = await publicPem(key.KeyId);
   for (const md of ['sha1', 'sha256']) {
     const secret = crypto.randomBytes(32);
-    const ct = openssl(['pkeyutl', '-encrypt', '-pubin', '-inkey', pem, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${md}`], { input: secret }).stdout;
+    const ct = openssl(['pkeyutl', '-encrypt', '-pubin', '-inkey', pem, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${md}`], {
+      input: secret,
+    }).stdout;
     t.same(await ks.decrypt(`kms:aws/${key.alias}`, { algorithm: 'rsa-oaep', digest: md, data: ct }), secret, `OAEP-${md} decrypts what openssl encrypted`);
   }
   const ct = crypto.publicEncrypt({ key: fs.readFileSync(pem), padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha512' }, Buffer.from('x'));
-  await rejects(t, ks.decrypt(`kms:aws/${key.alias}`, { algorithm: 'rsa-oaep', digest: 'sha512', data: ct }), 'UNSUPPORTED', /SHA-1 or SHA-256/, 'OAEP-SHA-512');
+  await rejects(
+    t,
+    ks.decrypt(`kms:aws/${key.alias}`, { algorithm: 'rsa-oaep', digest: 'sha512', data: ct }),
+    'UNSUPPORTED',
+    /SHA-1 or SHA-256/,
+    'OAEP-SHA-512',
+  );
   await rejects(t, ks.decrypt(`kms:dec/${key.alias}`, { algorithm: 'rsa-pkcs1-decrypt', data: ct }), 'UNSUPPORTED', null, 'PKCS#1 v1.5 decryption');
   await rejects(
     t,
@@ -364,7 +405,8 @@ t.test('wrong credentials are refused as ACCESS_DENIED and never shown', async (
   r = cli(cbox, ['keys', 'export', `kms:aws/${rsa.alias}`], { env: { ...awsEnv(), AWS_SECRET_ACCESS_KEY: wrong.AWS_SECRET_ACCESS_KEY } });
   t.equal(r.status, 1);
   t.match(r.stderr, /InvalidSignatureException/, `wrong secret: ${r.stderr.trim()}`);
-  for (const secret of [wrong.AWS_SECRET_ACCESS_KEY, wrong.AWS_ACCESS_KEY_ID, TEST_CREDENTIALS.secretAccessKey]) t.notMatch(r.stderr, secret, 'no credential in the message');
+  for (const secret of [wrong.AWS_SECRET_ACCESS_KEY, wrong.AWS_ACCESS_KEY_ID, TEST_CREDENTIALS.secretAccessKey])
+    t.notMatch(r.stderr, secret, 'no credential in the message');
 
   const ks = keyService(t);
   const saved = { ...process.env };
@@ -399,7 +441,10 @@ t.test('keys create makes an aliased key; list shows it; delete schedules deleti
   const days = (after.KeyMetadata.DeletionDate.getTime() - Date.now()) / 86400e3;
   t.ok(days > 6.9 && days <= 7, `after pending_window_days (${days.toFixed(2)} days)`);
   const aliases = await sdk.send(new ListAliasesCommand({}));
-  t.notOk(aliases.Aliases.some((a) => a.AliasName === 'alias/web-tls'), 'the alias is gone');
+  t.notOk(
+    aliases.Aliases.some((a) => a.AliasName === 'alias/web-tls'),
+    'the alias is gone',
+  );
   t.notMatch(cliOk(t, cbox, ['keys', 'list', '--keyring', 'aws'], { env }), /web-tls/, 'list no longer shows it');
   t.equal(cliOk(t, cbox, ['keys', 'create', 'web-tls', '--keyring', 'aws', '--type', 'rsa-2048'], { env }).trim(), uri, 'the name can be used again');
 });
@@ -413,7 +458,11 @@ t.test('random bytes come from GenerateRandom, 1024 at a time', async (t) => {
 });
 
 t.test('the test double wants SigV4: unsigned and wrongly signed requests are refused', async (t) => {
-  const r = await fetch(server.url, { method: 'POST', headers: { 'X-Amz-Target': 'TrentService.ListKeys', 'Content-Type': 'application/x-amz-json-1.1' }, body: '{}' });
+  const r = await fetch(server.url, {
+    method: 'POST',
+    headers: { 'X-Amz-Target': 'TrentService.ListKeys', 'Content-Type': 'application/x-amz-json-1.1' },
+    body: '{}',
+  });
   t.equal(r.status, 400);
   t.equal((await r.json()).__type, 'MissingAuthenticationTokenException');
   const { KMSClient, ListKeysCommand } = await import('@aws-sdk/client-kms');
@@ -449,8 +498,33 @@ t.test('the system openssl signs with AWS KMS keys through the kmsbridge provide
   const certPub = run(['x509', '-in', pbox.file('cert.pem'), '-noout', '-pubkey']).stdout.toString();
   t.equal(certPub, fs.readFileSync(rsaPem2, 'utf8'), 'and carries the key AWS KMS holds');
 
-  r = run(['dgst', '-sha384', '-sign', rsaUri, ...FLAGS, '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-out', pbox.file('pss.sig'), pbox.file('msg')]);
+  r = run([
+    'dgst',
+    '-sha384',
+    '-sign',
+    rsaUri,
+    ...FLAGS,
+    '-sigopt',
+    'rsa_padding_mode:pss',
+    '-sigopt',
+    'rsa_pss_saltlen:digest',
+    '-out',
+    pbox.file('pss.sig'),
+    pbox.file('msg'),
+  ]);
   t.equal(r.status, 0, `dgst -sha384 PSS (salt = digest length): ${r.stderr}`);
-  r = run(['dgst', '-sha384', '-verify', rsaPem2, '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-signature', pbox.file('pss.sig'), pbox.file('msg')]);
+  r = run([
+    'dgst',
+    '-sha384',
+    '-verify',
+    rsaPem2,
+    '-sigopt',
+    'rsa_padding_mode:pss',
+    '-sigopt',
+    'rsa_pss_saltlen:digest',
+    '-signature',
+    pbox.file('pss.sig'),
+    pbox.file('msg'),
+  ]);
   t.equal(r.status, 0, `verifies: ${r.stdout}${r.stderr}`);
 });

@@ -31,14 +31,39 @@ t.test('a new user creates an EC key and reads its fingerprint with ssh-keygen (
 t.test('bad input gets one clear line each', async (t) => {
   const box = sandbox(t);
   cliOk(t, box, ['keys', 'create', 'ec', '--keyring', 'local', '--type', 'ec-p256']);
-  oneCleanError(t, cli(box, ['keys', 'show', 'kms:nokeyring/web']), /^kmsbridge: unknown keyring 'nokeyring' \(known in config .*config\.toml: local\)\n$/, 'unknown keyring');
-  oneCleanError(t, cli(box, ['keys', 'show', 'kms:local/nope']), /^kmsbridge: key 'nope' not found in keyring 'local' .*kmsbridge keys list --keyring local\n$/, 'unknown key');
+  oneCleanError(
+    t,
+    cli(box, ['keys', 'show', 'kms:nokeyring/web']),
+    /^kmsbridge: unknown keyring 'nokeyring' \(known in config .*config\.toml: local\)\n$/,
+    'unknown keyring',
+  );
+  oneCleanError(
+    t,
+    cli(box, ['keys', 'show', 'kms:local/nope']),
+    /^kmsbridge: key 'nope' not found in keyring 'local' .*kmsbridge keys list --keyring local\n$/,
+    'unknown key',
+  );
   oneCleanError(t, cli(box, ['keys', 'show', 'pkcs11:token=x']), /malformed key URI 'pkcs11:token=x': expected kms:<keyring>\/<key-id>/, 'malformed URI');
   oneCleanError(t, cli(box, ['keys', 'show', 'kms:local']), /no key-id after the keyring/, 'URI without key-id');
-  oneCleanError(t, cli(box, ['keys', 'create', 'x', '--keyring', 'local', '--type', 'rsa-1024']), /argument 'rsa-1024' is invalid. Allowed choices are rsa-2048, rsa-3072/, 'unsupported key type');
-  oneCleanError(t, cli(box, ['keys', 'create', '../evil', '--keyring', 'local', '--type', 'ed25519']), /key name '..\/evil' is not valid/, 'path in a key name');
+  oneCleanError(
+    t,
+    cli(box, ['keys', 'create', 'x', '--keyring', 'local', '--type', 'rsa-1024']),
+    /argument 'rsa-1024' is invalid. Allowed choices are rsa-2048, rsa-3072/,
+    'unsupported key type',
+  );
+  oneCleanError(
+    t,
+    cli(box, ['keys', 'create', '../evil', '--keyring', 'local', '--type', 'ed25519']),
+    /key name '..\/evil' is not valid/,
+    'path in a key name',
+  );
   oneCleanError(t, cli(box, ['keys', 'export', 'kms:local/ec', '--format', 'jwk']), /Allowed choices are pem, der, openssh/, 'unknown export format');
-  oneCleanError(t, cli(box, ['keys', 'create', 'ec', '--keyring', 'local', '--type', 'ec-p256']), /key 'ec' already exists in keyring 'local'/, 'duplicate name');
+  oneCleanError(
+    t,
+    cli(box, ['keys', 'create', 'ec', '--keyring', 'local', '--type', 'ec-p256']),
+    /key 'ec' already exists in keyring 'local'/,
+    'duplicate name',
+  );
   oneCleanError(t, cli(box, ['keys', 'list', '--keyring', 'ghost']), /unknown keyring 'ghost'/, 'unknown keyring in list');
   oneCleanError(t, cli(box, ['nonsense']), /unknown command 'nonsense'/, 'unknown command');
 });
@@ -52,18 +77,42 @@ t.test('operations a key does not allow, SHA-1 and wrong digests are refused by 
   const c = await AgentClient.connect(box.socket);
   t.teardown(() => c.close());
   const sign = (uri, alg, digest, data) =>
-    c.request(MsgType.SIGN, [{ tag: Tag.URI, value: uri }, { tag: Tag.ALGORITHM, value: alg }, ...(digest ? [{ tag: Tag.DIGEST, value: digest }] : []), { tag: Tag.DATA, value: data }]);
+    c.request(MsgType.SIGN, [
+      { tag: Tag.URI, value: uri },
+      { tag: Tag.ALGORITHM, value: alg },
+      ...(digest ? [{ tag: Tag.DIGEST, value: digest }] : []),
+      { tag: Tag.DATA, value: data },
+    ]);
   const sha1 = crypto.createHash('sha1').update('x').digest();
-  await t.rejects(sign(ec, 'ecdsa', 'sha1', sha1), { codeName: 'UNSUPPORTED', message: /SHA-1 signatures are refused for keyring 'local' .*allow_sha1 = true/ });
+  await t.rejects(sign(ec, 'ecdsa', 'sha1', sha1), {
+    codeName: 'UNSUPPORTED',
+    message: /SHA-1 signatures are refused for keyring 'local' .*allow_sha1 = true/,
+  });
   const sig = (await sign(oldKey, 'ecdsa', 'sha1', sha1)).requireBytes(Tag.RESULT);
   const pub = crypto.createPublicKey(cliOk(t, box, ['keys', 'export', oldKey]));
   t.ok(crypto.verify('sha1', Buffer.from('x'), pub, sig), 'a keyring that allows SHA-1 signs with it');
-  await t.rejects(sign(rsa, 'ecdsa', 'sha256', Buffer.alloc(32)), { codeName: 'UNSUPPORTED', message: /key kms:local\/rsa \(rsa-2048\) does not allow ecdsa; it allows: rsa-pkcs1, rsa-pss, rsa-oaep/ });
+  await t.rejects(sign(rsa, 'ecdsa', 'sha256', Buffer.alloc(32)), {
+    codeName: 'UNSUPPORTED',
+    message: /key kms:local\/rsa \(rsa-2048\) does not allow ecdsa; it allows: rsa-pkcs1, rsa-pss, rsa-oaep/,
+  });
   await t.rejects(sign(ec, 'ed25519', undefined, Buffer.alloc(10)), { codeName: 'UNSUPPORTED', message: /does not allow ed25519/ });
   await t.rejects(sign(ec, 'ecdsa', 'sha256', Buffer.alloc(20)), { codeName: 'BAD_REQUEST', message: /sha256 digest must be 32 bytes, got 20/ });
   await t.rejects(sign(ec, 'ecdsa', 'md5', Buffer.alloc(16)), { codeName: 'UNSUPPORTED', message: /digest 'md5' is not supported/ });
-  await t.rejects(c.request(MsgType.DERIVE, [{ tag: Tag.URI, value: rsa }, { tag: Tag.PEER_KEY, value: Buffer.alloc(10) }]), { codeName: 'UNSUPPORTED', message: /does not allow ecdh/ });
-  await t.rejects(c.request(MsgType.DECRYPT, [{ tag: Tag.URI, value: ec }, { tag: Tag.ALGORITHM, value: 'rsa-oaep' }, { tag: Tag.DATA, value: Buffer.alloc(32) }]), { codeName: 'UNSUPPORTED', message: /does not allow rsa-oaep/ });
+  await t.rejects(
+    c.request(MsgType.DERIVE, [
+      { tag: Tag.URI, value: rsa },
+      { tag: Tag.PEER_KEY, value: Buffer.alloc(10) },
+    ]),
+    { codeName: 'UNSUPPORTED', message: /does not allow ecdh/ },
+  );
+  await t.rejects(
+    c.request(MsgType.DECRYPT, [
+      { tag: Tag.URI, value: ec },
+      { tag: Tag.ALGORITHM, value: 'rsa-oaep' },
+      { tag: Tag.DATA, value: Buffer.alloc(32) },
+    ]),
+    { codeName: 'UNSUPPORTED', message: /does not allow rsa-oaep/ },
+  );
   await t.rejects(sign('kms:local/x', 'ecdsa', 'sha256', Buffer.alloc(32)), { codeName: 'NOT_FOUND' });
   t.ok((await sign(ec, 'ecdsa', 'sha256', Buffer.alloc(32))).requireBytes(Tag.RESULT), 'the connection is fine after all of that');
 });

@@ -35,7 +35,10 @@ async function engineDoor(t, box, uri, pub, v) {
   const message = fs.readFileSync(box.file('msg'));
   fs.writeFileSync(box.file('door-in'), crypto.createHash(v.digest).update(message).digest());
   const opts = ['-pkeyopt', `digest:${v.digest}`, ...v.opts];
-  const r = openssl(['pkeyutl', '-sign', '-engine', ENGINE_SO, '-keyform', 'engine', '-inkey', uri, '-in', box.file('door-in'), '-out', box.file('door-sig'), ...opts], { env: box.env });
+  const r = openssl(
+    ['pkeyutl', '-sign', '-engine', ENGINE_SO, '-keyform', 'engine', '-inkey', uri, '-in', box.file('door-in'), '-out', box.file('door-sig'), ...opts],
+    { env: box.env },
+  );
   t.equal(r.status, 0, `ENGINE door: openssl pkeyutl -engine -sign ${r.stderr.trim()}`);
   const verify = openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('door-in'), '-sigfile', box.file('door-sig'), ...opts]);
   t.equal(verify.status, 0, `ENGINE door: plain openssl verifies ${verify.stderr.trim()}`);
@@ -43,7 +46,10 @@ async function engineDoor(t, box, uri, pub, v) {
 
 /** One TLS 1.3 handshake: openssl s_server with |serverArgs|, a plain openssl client verifying against |ca|. */
 async function handshake(box, serverArgs, ca) {
-  const server = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-naccept', '1', '-www', ...serverArgs], { env: box.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-naccept', '1', '-www', ...serverArgs], {
+    env: box.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   try {
     const port = await new Promise((resolve, reject) => {
       let out = '';
@@ -57,11 +63,28 @@ async function handshake(box, serverArgs, ca) {
       server.stderr.on('data', onData);
       server.once('exit', () => (clearTimeout(timer), reject(new Error(`s_server exited: ${out}`))));
     });
-    const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-tls1_3', '-CAfile', ca, '-verify_return_error', '-verify_hostname', 'localhost', '-brief'], {
-      input: 'GET / HTTP/1.0\r\n\r\n',
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
+    const r = spawnSync(
+      'openssl',
+      [
+        's_client',
+        '-connect',
+        `127.0.0.1:${port}`,
+        '-servername',
+        'localhost',
+        '-tls1_3',
+        '-CAfile',
+        ca,
+        '-verify_return_error',
+        '-verify_hostname',
+        'localhost',
+        '-brief',
+      ],
+      {
+        input: 'GET / HTTP/1.0\r\n\r\n',
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
     return r.stdout + r.stderr;
   } finally {
     server.kill();
@@ -148,11 +171,35 @@ for (const backend of selectedFixtures()) {
           const dec = await keyFor('decrypt');
           const secret = crypto.randomBytes(24);
           const oaepMd = backend.limits.oaepDigest ?? 'sha256';
-          const ct = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', dec.pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${oaepMd}`], { input: secret });
-          const f = await client.request(MsgType.DECRYPT, [{ tag: Tag.URI, value: dec.uri }, { tag: Tag.ALGORITHM, value: 'rsa-oaep' }, { tag: Tag.DIGEST, value: oaepMd }, { tag: Tag.DATA, value: ct }]);
+          const ct = opensslOk(
+            t,
+            ['pkeyutl', '-encrypt', '-pubin', '-inkey', dec.pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${oaepMd}`],
+            { input: secret },
+          );
+          const f = await client.request(MsgType.DECRYPT, [
+            { tag: Tag.URI, value: dec.uri },
+            { tag: Tag.ALGORITHM, value: 'rsa-oaep' },
+            { tag: Tag.DIGEST, value: oaepMd },
+            { tag: Tag.DATA, value: ct },
+          ]);
           t.same(f.requireBytes(Tag.RESULT), secret, `OAEP-${oaepMd} decrypts what openssl encrypted`);
           fs.writeFileSync(box.file('ct'), ct);
-          const viaProvider = openssl(['pkeyutl', '-decrypt', ...PROVIDER, '-inkey', dec.uri, '-in', box.file('ct'), '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', `rsa_oaep_md:${oaepMd}`], { env: box.env });
+          const viaProvider = openssl(
+            [
+              'pkeyutl',
+              '-decrypt',
+              ...PROVIDER,
+              '-inkey',
+              dec.uri,
+              '-in',
+              box.file('ct'),
+              '-pkeyopt',
+              'rsa_padding_mode:oaep',
+              '-pkeyopt',
+              `rsa_oaep_md:${oaepMd}`,
+            ],
+            { env: box.env },
+          );
           t.same(viaProvider.stdout, secret, `provider door: openssl pkeyutl -decrypt ${viaProvider.stderr.trim()}`);
         }
         if (spec.startsWith('ec') && !backend.limits.noEcdh) {
@@ -161,7 +208,10 @@ for (const backend of selectedFixtures()) {
           opensslOk(t, ['genpkey', '-algorithm', 'EC', '-pkeyopt', `ec_paramgen_curve:${curve}`, '-out', peer]);
           const peerSpki = opensslOk(t, ['pkey', '-in', peer, '-pubout', '-outform', 'DER']);
           const agree = await keyFor('ecdh');
-          const f = await client.request(MsgType.DERIVE, [{ tag: Tag.URI, value: agree.uri }, { tag: Tag.PEER_KEY, value: peerSpki }]);
+          const f = await client.request(MsgType.DERIVE, [
+            { tag: Tag.URI, value: agree.uri },
+            { tag: Tag.PEER_KEY, value: peerSpki },
+          ]);
           const expected = opensslOk(t, ['pkeyutl', '-derive', '-inkey', peer, '-peerkey', agree.pub]);
           t.same(f.requireBytes(Tag.RESULT), expected, 'ECDH matches openssl pkeyutl -derive');
           const peerPub = box.file(`peer-${spec}.pub.pem`);
@@ -175,11 +225,17 @@ for (const backend of selectedFixtures()) {
     t.test(`${backend.name}: a certificate made through the provider serves TLS 1.3 from s_server, through the provider and the ENGINE`, async (t) => {
       const uri = await backend.createKey(t, box, fx, 'tls', 'ec-p256');
       const cert = box.file('tls.crt');
-      let r = openssl(['req', ...PROVIDER, '-new', '-x509', '-key', uri, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', cert], { env: box.env });
+      let r = openssl(
+        ['req', ...PROVIDER, '-new', '-x509', '-key', uri, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', cert],
+        { env: box.env },
+      );
       t.equal(r.status, 0, `openssl req -x509 through the provider ${r.stderr.trim()}`);
       r = openssl(['verify', '-CAfile', cert, cert]);
       t.match(r.stdout.toString(), /OK/, 'the self-signed certificate verifies with plain openssl');
-      for (const [door, args] of [['provider', [...PROVIDER, '-key', uri]], ['ENGINE', ['-engine', ENGINE_SO, '-keyform', 'engine', '-key', uri]]]) {
+      for (const [door, args] of [
+        ['provider', [...PROVIDER, '-key', uri]],
+        ['ENGINE', ['-engine', ENGINE_SO, '-keyform', 'engine', '-key', uri]],
+      ]) {
         const out = await handshake(box, ['-cert', cert, ...args], cert);
         t.match(out, /Verification: OK/, `${door} door: a plain openssl client completes TLS 1.3 and verifies the certificate`);
       }
@@ -195,7 +251,10 @@ for (const backend of selectedFixtures()) {
     });
 
     t.test(`${backend.name}: random bytes`, async (t) => {
-      const f = await client.request(MsgType.RANDOM, [{ tag: Tag.LENGTH, value: 48 }, { tag: Tag.KEYRING, value: fx.keyring }]);
+      const f = await client.request(MsgType.RANDOM, [
+        { tag: Tag.LENGTH, value: 48 },
+        { tag: Tag.KEYRING, value: fx.keyring },
+      ]);
       t.equal(f.requireBytes(Tag.RESULT).length, 48);
     });
   }

@@ -82,7 +82,11 @@ if (why) {
         ['-verify', '-in', f('msg.sha256'), '-sigfile', f('out.sig')],
         /RSA signature padding none \(raw RSA\): kmsbridge verifies PKCS#1 v1\.5 and PSS/,
       ],
-      ['encrypt', ['-encrypt', '-in', f('msg.txt'), '-out', f('enc.bin')], /RSA encryption padding none \(raw RSA\): kmsbridge does OAEP and PKCS#1 v1\.5 with the key manager/],
+      [
+        'encrypt',
+        ['-encrypt', '-in', f('msg.txt'), '-out', f('enc.bin')],
+        /RSA encryption padding none \(raw RSA\): kmsbridge does OAEP and PKCS#1 v1\.5 with the key manager/,
+      ],
     ]) {
       const r = openssl(ctx, ['pkeyutl', ...args, ...ENGINE, '-keyform', 'engine', '-inkey', 'kms:local/rsa', '-pkeyopt', 'rsa_padding_mode:none'], { env });
       t.not(r.status, 0, `${op}: ${r.stdout}`);

@@ -53,7 +53,8 @@ async function standIn(listenPath, agentPath) {
     upstream.on('data', (d) => {
       for (const f of down.push(d)) {
         const ofType = f.type & 0x7fff;
-        const fault = st.fault && st.fault !== 'die' && (ofType === MsgType.SIGN || (st.fault.startsWith('hello') && ofType === MsgType.HELLO)) ? st.fault : null;
+        const fault =
+          st.fault && st.fault !== 'die' && (ofType === MsgType.SIGN || (st.fault.startsWith('hello') && ofType === MsgType.HELLO)) ? st.fault : null;
         if (!fault) {
           client.write(encodeFrame(f));
           continue;
@@ -64,24 +65,51 @@ async function standIn(listenPath, agentPath) {
           garbage: Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n'),
           oversized: Buffer.from([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0x80, 0x11, 0, 0]),
           undersized: Buffer.from([0, 0, 0, 3, 0, 0, 0]),
-          'bad field': (() => { const b = Buffer.concat([good, Buffer.from([0x00, 0x40, 0xff, 0xff, 0xff, 0xf0])]); b.writeUInt32BE(b.length - 4, 0); return b; })(),
-          'wrong id': (() => { const b = Buffer.from(good); b.writeUInt32BE((f.id + 7) >>> 0, 4); return b; })(),
-          'wrong type': (() => { const b = Buffer.from(good); b.writeUInt16BE(0x8010, 8); return b; })(),
-          'unknown status': encodeFrame({ id: f.id, type: f.type, status: 999, fields: [{ tag: Tag.MESSAGE, value: `weird \u0007\u001b[31m ${'x'.repeat(4000)}` }] }),
+          'bad field': (() => {
+            const b = Buffer.concat([good, Buffer.from([0x00, 0x40, 0xff, 0xff, 0xff, 0xf0])]);
+            b.writeUInt32BE(b.length - 4, 0);
+            return b;
+          })(),
+          'wrong id': (() => {
+            const b = Buffer.from(good);
+            b.writeUInt32BE((f.id + 7) >>> 0, 4);
+            return b;
+          })(),
+          'wrong type': (() => {
+            const b = Buffer.from(good);
+            b.writeUInt16BE(0x8010, 8);
+            return b;
+          })(),
+          'unknown status': encodeFrame({
+            id: f.id,
+            type: f.type,
+            status: 999,
+            fields: [{ tag: Tag.MESSAGE, value: `weird \u0007\u001b[31m ${'x'.repeat(4000)}` }],
+          }),
           'no result': encodeFrame({ id: f.id, type: f.type, status: 0, fields: [] }),
           'huge result': encodeFrame({ id: f.id, type: f.type, status: 0, fields: [{ tag: Tag.RESULT, value: Buffer.alloc(1000000, 0x30) }] }),
           'truncated then close': good.subarray(0, Math.max(5, good.length - 3)),
-          'close': Buffer.alloc(0),
-          'hang': null,
+          close: Buffer.alloc(0),
+          hang: null,
           'hello garbage': Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'),
-          'hello version 2': (() => { const b = Buffer.from(good); const i = b.indexOf(Buffer.from([0x00, 0x01, 0, 0, 0, 4, 0, 0, 0, 1])); if (i >= 0) b[i + 9] = 2; return b; })(),
+          'hello version 2': (() => {
+            const b = Buffer.from(good);
+            const i = b.indexOf(Buffer.from([0x00, 0x01, 0, 0, 0, 4, 0, 0, 0, 1]));
+            if (i >= 0) b[i + 9] = 2;
+            return b;
+          })(),
         }[fault];
         if (bytes === null) continue; // hang: answer nothing, keep the connection open
         client.write(bytes);
         if (/close|garbage|oversized|undersized/.test(fault)) client.end();
       }
     });
-    const drop = () => { client.destroy(); upstream.destroy(); st.conns.delete(client); st.conns.delete(upstream); };
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      st.conns.delete(client);
+      st.conns.delete(upstream);
+    };
     client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
   };
@@ -96,7 +124,9 @@ async function standIn(listenPath, agentPath) {
     st.server = null;
     for (const c of st.conns) c.destroy();
     st.conns.clear();
-    try { fs.unlinkSync(listenPath); } catch {}
+    try {
+      fs.unlinkSync(listenPath);
+    } catch {}
   };
   await st.listen();
   return st;
@@ -111,7 +141,22 @@ if (why) {
   const st = await standIn(proxySock, ctx.sock);
   t.teardown(() => st.kill());
   const env = { ...ctx.env, KMSBRIDGE_AGENT_SOCK: proxySock, KMSBRIDGE_TIMEOUT_MS: String(TIMEOUT_MS) };
-  const signArgs = (modules) => ['pkeyutl', '-sign', '-provider-path', modules, '-provider', 'default', '-provider', 'kmsbridge', '-inkey', 'kms:local/web', '-in', ctx.file('msg.sha256'), '-out', ctx.file('f.sig')];
+  const signArgs = (modules) => [
+    'pkeyutl',
+    '-sign',
+    '-provider-path',
+    modules,
+    '-provider',
+    'default',
+    '-provider',
+    'kmsbridge',
+    '-inkey',
+    'kms:local/web',
+    '-in',
+    ctx.file('msg.sha256'),
+    '-out',
+    ctx.file('f.sig'),
+  ];
   // async, so the stand-in in this process keeps serving while openssl runs
   const run = (args, extraEnv = {}) =>
     new Promise((resolve) => {
@@ -141,7 +186,12 @@ if (why) {
   };
   const asan = fs.existsSync(path.join(ASAN_MODULES, 'kmsbridge.so')) && LIBASAN && fs.existsSync(LIBASAN);
   const builds = [['kmsbridge.so', MODULES, {}]];
-  if (asan) builds.push(['the ASan kmsbridge.so', ASAN_MODULES, { LD_PRELOAD: fs.realpathSync(LIBASAN), ASAN_OPTIONS: 'detect_leaks=1:halt_on_error=1:exitcode=86', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' }]);
+  if (asan)
+    builds.push([
+      'the ASan kmsbridge.so',
+      ASAN_MODULES,
+      { LD_PRELOAD: fs.realpathSync(LIBASAN), ASAN_OPTIONS: 'detect_leaks=1:halt_on_error=1:exitcode=86', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' },
+    ]);
 
   t.test('through the stand-in with no fault, signing works (the proxy is transparent)', async (t) => {
     st.fault = null;
@@ -171,65 +221,104 @@ if (why) {
   }
 
   // ---- a long-lived application: s_server keeps its provider and key across faults ----
-  t.test('s_server: agent killed mid-request, restarted, socket removed, replaced by a file, by a new agent — errors are prompt, service recovers in-process', async (t) => {
-    st.fault = null;
-    const cert = ctx.file('srv.pem');
-    const mk = await run(['req', '-x509', '-new', '-provider-path', MODULES, '-provider', 'default', '-provider', 'kmsbridge', '-key', 'kms:local/web', '-subj', '/CN=localhost', '-out', cert]);
-    t.equal(mk.status, 0, mk.stderr);
-    const port = await freePort();
-    const srv = spawn('openssl', ['s_server', '-provider-path', MODULES, '-provider', 'default', '-provider', 'kmsbridge', '-accept', `127.0.0.1:${port}`, '-key', 'kms:local/web', '-cert', cert, '-www', '-tls1_3'], { cwd: ctx.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let log = '';
-    srv.stdout.on('data', (d) => (log += d));
-    srv.stderr.on('data', (d) => (log += d));
-    t.teardown(() => srv.kill('SIGKILL'));
-    for (let i = 0; i < 600 && !/ACCEPT/.test(log); i++) await new Promise((r) => setTimeout(r, 50));
-    const handshake = () =>
-      new Promise((resolve) => {
-        const started = Date.now();
-        const c = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-CAfile', cert, '-verify_return_error', '-brief'], { env: ctx.env });
-        let err = '';
-        c.stderr.on('data', (d) => (err += d));
-        c.stdin.end('GET / HTTP/1.0\r\n\r\n');
-        c.stdout.resume();
-        const killer = setTimeout(() => c.kill('SIGKILL'), 60_000);
-        c.on('close', (status) => (clearTimeout(killer), resolve({ ok: status === 0 && /Verification: OK/.test(err), ms: Date.now() - started, err })));
-      });
-    const alive = () => srv.exitCode === null && srv.signalCode === null;
-    let h = await handshake();
-    t.ok(h.ok, `first handshake: ${h.err}`);
+  t.test(
+    's_server: agent killed mid-request, restarted, socket removed, replaced by a file, by a new agent — errors are prompt, service recovers in-process',
+    async (t) => {
+      st.fault = null;
+      const cert = ctx.file('srv.pem');
+      const mk = await run([
+        'req',
+        '-x509',
+        '-new',
+        '-provider-path',
+        MODULES,
+        '-provider',
+        'default',
+        '-provider',
+        'kmsbridge',
+        '-key',
+        'kms:local/web',
+        '-subj',
+        '/CN=localhost',
+        '-out',
+        cert,
+      ]);
+      t.equal(mk.status, 0, mk.stderr);
+      const port = await freePort();
+      const srv = spawn(
+        'openssl',
+        [
+          's_server',
+          '-provider-path',
+          MODULES,
+          '-provider',
+          'default',
+          '-provider',
+          'kmsbridge',
+          '-accept',
+          `127.0.0.1:${port}`,
+          '-key',
+          'kms:local/web',
+          '-cert',
+          cert,
+          '-www',
+          '-tls1_3',
+        ],
+        { cwd: ctx.dir, env, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let log = '';
+      srv.stdout.on('data', (d) => (log += d));
+      srv.stderr.on('data', (d) => (log += d));
+      t.teardown(() => srv.kill('SIGKILL'));
+      for (let i = 0; i < 600 && !/ACCEPT/.test(log); i++) await new Promise((r) => setTimeout(r, 50));
+      const handshake = () =>
+        new Promise((resolve) => {
+          const started = Date.now();
+          const c = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-CAfile', cert, '-verify_return_error', '-brief'], { env: ctx.env });
+          let err = '';
+          c.stderr.on('data', (d) => (err += d));
+          c.stdin.end('GET / HTTP/1.0\r\n\r\n');
+          c.stdout.resume();
+          const killer = setTimeout(() => c.kill('SIGKILL'), 60_000);
+          c.on('close', (status) => (clearTimeout(killer), resolve({ ok: status === 0 && /Verification: OK/.test(err), ms: Date.now() - started, err })));
+        });
+      const alive = () => srv.exitCode === null && srv.signalCode === null;
+      let h = await handshake();
+      t.ok(h.ok, `first handshake: ${h.err}`);
 
-    st.fault = 'die';
-    h = await handshake();
-    t.notOk(h.ok, 'the handshake whose signature was in flight when the agent died fails');
-    t.ok(h.ms < TIMEOUT_MS + 5000, `…promptly (${h.ms} ms; timeout ${TIMEOUT_MS} ms)`);
-    t.match(log, /kmsbridge/, 's_server printed the kmsbridge error');
-    t.ok(alive(), 's_server is still running');
-    st.fault = null;
-    await st.listen();
-    h = await handshake();
-    t.ok(h.ok, `the agent is back: the next handshake reconnects and succeeds: ${h.err}`);
+      st.fault = 'die';
+      h = await handshake();
+      t.notOk(h.ok, 'the handshake whose signature was in flight when the agent died fails');
+      t.ok(h.ms < TIMEOUT_MS + 5000, `…promptly (${h.ms} ms; timeout ${TIMEOUT_MS} ms)`);
+      t.match(log, /kmsbridge/, 's_server printed the kmsbridge error');
+      t.ok(alive(), 's_server is still running');
+      st.fault = null;
+      await st.listen();
+      h = await handshake();
+      t.ok(h.ok, `the agent is back: the next handshake reconnects and succeeds: ${h.err}`);
 
-    fs.unlinkSync(proxySock);
-    h = await handshake();
-    t.ok(h.ok, 'socket file removed: the pooled connection still serves');
-    st.kill(); // and now the agent goes away too: nothing to connect to
-    h = await handshake();
-    t.notOk(h.ok, 'socket file removed and agent gone: the handshake fails');
-    t.ok(h.ms < 10_000, `…promptly (${h.ms} ms)`);
-    t.match(log, /cannot reach the kmsbridge agent at .*standin\.sock/);
+      fs.unlinkSync(proxySock);
+      h = await handshake();
+      t.ok(h.ok, 'socket file removed: the pooled connection still serves');
+      st.kill(); // and now the agent goes away too: nothing to connect to
+      h = await handshake();
+      t.notOk(h.ok, 'socket file removed and agent gone: the handshake fails');
+      t.ok(h.ms < 10_000, `…promptly (${h.ms} ms)`);
+      t.match(log, /cannot reach the kmsbridge agent at .*standin\.sock/);
 
-    fs.writeFileSync(proxySock, 'not a socket');
-    h = await handshake();
-    t.notOk(h.ok, 'socket path replaced by a regular file: the handshake fails');
-    t.ok(h.ms < 10_000, `…promptly (${h.ms} ms)`);
-    t.ok(alive(), 's_server is still running');
+      fs.writeFileSync(proxySock, 'not a socket');
+      h = await handshake();
+      t.notOk(h.ok, 'socket path replaced by a regular file: the handshake fails');
+      t.ok(h.ms < 10_000, `…promptly (${h.ms} ms)`);
+      t.ok(alive(), 's_server is still running');
 
-    fs.unlinkSync(proxySock);
-    await st.listen();
-    h = await handshake();
-    t.ok(h.ok, `a new agent on the path: s_server serves again without a restart: ${h.err}`);
-    t.ok(alive());
-  });
+      fs.unlinkSync(proxySock);
+      await st.listen();
+      h = await handshake();
+      t.ok(h.ok, `a new agent on the path: s_server serves again without a restart: ${h.err}`);
+      t.ok(alive());
+    },
+  );
 
   // ---- disk full while creating a key --------------------------------------------------------
   t.test('disk full while creating a key: a clear error, no partial file, the store stays readable and usable', async (t) => {

@@ -51,10 +51,7 @@ t.test('property: any string either parses consistently or is a BAD_REQUEST nami
       }
       // accepted: it must satisfy the rule restated above, and rebuild to itself
       const ok =
-        s.length <= 2048 &&
-        !/[\u0000-\u001f\u007f]/.test(s) &&
-        /^kms:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\/./su.test(s) &&
-        formatKeyUri(k.keyring, k.keyId) === s;
+        s.length <= 2048 && !/[\u0000-\u001f\u007f]/.test(s) && /^kms:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\/./su.test(s) && formatKeyUri(k.keyring, k.keyId) === s;
       if (!ok) throw new Error(`accepted a URI outside the rule: ${JSON.stringify(s)}`);
       return true;
     }),

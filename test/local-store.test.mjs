@@ -23,7 +23,6 @@ function unsealWithKekFile(store, name) {
   return Buffer.concat([d.update(Buffer.from(kf.sealed.ciphertext, 'base64')), d.final()]);
 }
 
-
 t.test('no private key byte is in any file of the store, in binary, hex or base64', async (t) => {
   const box = sandbox(t);
   const store = storeOf(box);
@@ -116,7 +115,10 @@ t.test('killing key creation at any moment never leaves a partial key; leftovers
   const box = sandbox(t);
   cliOk(t, box, ['keys', 'create', 'first', '--keyring', 'local', '--type', 'ec-p256']);
   for (let i = 0; i < 12; i++) {
-    const child = spawn(process.execPath, [CLI, 'keys', 'create', `k${i}`, '--keyring', 'local', '--type', i % 2 ? 'rsa-2048' : 'ec-p256'], { env: box.env, stdio: 'ignore' });
+    const child = spawn(process.execPath, [CLI, 'keys', 'create', `k${i}`, '--keyring', 'local', '--type', i % 2 ? 'rsa-2048' : 'ec-p256'], {
+      env: box.env,
+      stdio: 'ignore',
+    });
     await new Promise((r) => setTimeout(r, 60 + i * 25));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
@@ -125,7 +127,10 @@ t.test('killing key creation at any moment never leaves a partial key; leftovers
   fs.writeFileSync(path.join(storeOf(box), '.k99.key.abcdef.tmp'), '{"half": ', { mode: 0o600 });
   const listed = cliOk(t, box, ['keys', 'list', '--keyring', 'local']).trim().split('\n');
   t.ok(listed.some((l) => l.startsWith('kms:local/first')));
-  t.notOk(listed.some((l) => l.includes('k99')), 'the temporary file is not a key');
+  t.notOk(
+    listed.some((l) => l.includes('k99')),
+    'the temporary file is not a key',
+  );
   for (const line of listed) {
     const uri = line.split('\t')[0];
     const r = cli(box, ['keys', 'export', uri]);

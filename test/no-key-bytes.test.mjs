@@ -57,7 +57,8 @@ if (why) {
     };
     for (const [name, spec] of Object.entries(KEYS)) {
       t.equal(kb(['keys', 'create', name, '--keyring', 'local', '--type', spec]).status, 0);
-      for (const format of ['pem', 'der', 'openssh']) if (name !== 'rsa' || format !== 'openssh') kb(['keys', 'export', `kms:local/${name}`, '--format', format], { binary: format === 'der' });
+      for (const format of ['pem', 'der', 'openssh'])
+        if (name !== 'rsa' || format !== 'openssh') kb(['keys', 'export', `kms:local/${name}`, '--format', format], { binary: format === 'der' });
       kb(['keys', 'show', `kms:local/${name}`]);
       fs.writeFileSync(box.file(`${name}.pub.pem`), cli(box, ['keys', 'export', `kms:local/${name}`]).stdout);
       fs.writeFileSync(box.file(`${name}.ref.pem`), keyRefPem(`kms:local/${name}`));
@@ -73,7 +74,19 @@ if (why) {
     fs.writeFileSync(f('msg.txt'), 'scan me\n');
     spawnSync('openssl', ['dgst', '-sha256', '-binary', '-out', f('msg.sha256'), f('msg.txt')]);
     spawnSync('openssl', ['dgst', '-sha1', '-binary', '-out', f('msg.sha1'), f('msg.txt')]);
-    spawnSync('openssl', ['pkeyutl', '-encrypt', '-pubin', '-inkey', f('rsa.pub.pem'), '-in', f('msg.txt'), '-out', f('ct.bin'), '-pkeyopt', 'rsa_padding_mode:oaep']);
+    spawnSync('openssl', [
+      'pkeyutl',
+      '-encrypt',
+      '-pubin',
+      '-inkey',
+      f('rsa.pub.pem'),
+      '-in',
+      f('msg.txt'),
+      '-out',
+      f('ct.bin'),
+      '-pkeyopt',
+      'rsa_padding_mode:oaep',
+    ]);
     spawnSync('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('peer.pem')]);
     spawnSync('openssl', ['pkey', '-in', f('peer.pem'), '-pubout', '-out', f('peer.pub.pem')]);
     let ran = 0;
@@ -87,7 +100,10 @@ if (why) {
       if (outFile && fs.existsSync(outFile)) keep(`file ${outFile}`, fs.readFileSync(outFile));
       return r;
     };
-    for (const [name, key] of [['web', 'kms:local/web'], ['rsa', f('rsa.ref.pem')]]) {
+    for (const [name, key] of [
+      ['web', 'kms:local/web'],
+      ['rsa', f('rsa.ref.pem')],
+    ]) {
       ossl(['pkeyutl', '-sign', ...P, '-inkey', key, '-in', f('msg.sha256'), '-out', f(`${name}.sig`)], f(`${name}.sig`));
       ossl(['req', '-x509', '-new', ...P, '-key', key, '-subj', '/CN=x', '-out', f(`${name}.crt`)], f(`${name}.crt`));
       ossl(['pkey', ...P, '-in', key, '-text', '-noout']); // refused
@@ -117,12 +133,38 @@ if (why) {
     };
     for (const name of Object.keys(KEYS)) await ask(MsgType.DESCRIBE, [{ tag: Tag.URI, value: `kms:local/${name}` }]);
     await ask(MsgType.LIST, []);
-    await ask(MsgType.SIGN, [{ tag: Tag.URI, value: 'kms:local/web' }, { tag: Tag.ALGORITHM, value: 'ecdsa' }, { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.DATA, value: Buffer.alloc(32, 7) }]);
-    await ask(MsgType.SIGN, [{ tag: Tag.URI, value: 'kms:local/rsa' }, { tag: Tag.ALGORITHM, value: 'rsa-pkcs1' }, { tag: Tag.DATA, value: Buffer.alloc(300, 7) }]);
-    await ask(MsgType.SIGN, [{ tag: Tag.URI, value: 'kms:local/rsa' }, { tag: Tag.ALGORITHM, value: 'rsa-pss' }, { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.SALT_LENGTH, value: 9999 }, { tag: Tag.DATA, value: Buffer.alloc(32, 7) }]);
-    await ask(MsgType.DECRYPT, [{ tag: Tag.URI, value: 'kms:local/rsa' }, { tag: Tag.ALGORITHM, value: 'rsa-oaep' }, { tag: Tag.DATA, value: Buffer.alloc(256, 1) }]);
-    await ask(MsgType.DERIVE, [{ tag: Tag.URI, value: 'kms:local/web' }, { tag: Tag.PEER_KEY, value: Buffer.from('junk') }]);
-    await ask(MsgType.SIGN, [{ tag: Tag.URI, value: 'kms:local/ed' }, { tag: Tag.ALGORITHM, value: 'ecdsa' }, { tag: Tag.DATA, value: Buffer.alloc(32) }]);
+    await ask(MsgType.SIGN, [
+      { tag: Tag.URI, value: 'kms:local/web' },
+      { tag: Tag.ALGORITHM, value: 'ecdsa' },
+      { tag: Tag.DIGEST, value: 'sha256' },
+      { tag: Tag.DATA, value: Buffer.alloc(32, 7) },
+    ]);
+    await ask(MsgType.SIGN, [
+      { tag: Tag.URI, value: 'kms:local/rsa' },
+      { tag: Tag.ALGORITHM, value: 'rsa-pkcs1' },
+      { tag: Tag.DATA, value: Buffer.alloc(300, 7) },
+    ]);
+    await ask(MsgType.SIGN, [
+      { tag: Tag.URI, value: 'kms:local/rsa' },
+      { tag: Tag.ALGORITHM, value: 'rsa-pss' },
+      { tag: Tag.DIGEST, value: 'sha256' },
+      { tag: Tag.SALT_LENGTH, value: 9999 },
+      { tag: Tag.DATA, value: Buffer.alloc(32, 7) },
+    ]);
+    await ask(MsgType.DECRYPT, [
+      { tag: Tag.URI, value: 'kms:local/rsa' },
+      { tag: Tag.ALGORITHM, value: 'rsa-oaep' },
+      { tag: Tag.DATA, value: Buffer.alloc(256, 1) },
+    ]);
+    await ask(MsgType.DERIVE, [
+      { tag: Tag.URI, value: 'kms:local/web' },
+      { tag: Tag.PEER_KEY, value: Buffer.from('junk') },
+    ]);
+    await ask(MsgType.SIGN, [
+      { tag: Tag.URI, value: 'kms:local/ed' },
+      { tag: Tag.ALGORITHM, value: 'ecdsa' },
+      { tag: Tag.DATA, value: Buffer.alloc(32) },
+    ]);
     await ask(MsgType.RANDOM, [{ tag: Tag.LENGTH, value: 64 }]);
     c.close();
 
@@ -145,7 +187,8 @@ if (why) {
       const parts = [...['d', 'p', 'q', 'dp', 'dq', 'qi'].filter((k) => jwk[k]).map((k) => [k, Buffer.from(jwk[k], 'base64url')])];
       for (const [what, s] of parts) {
         secrets++;
-        for (const form of forms(s)) for (const [label, b] of outputs) if (b.includes(form)) t.fail(`${label} contains ${what} of ${name} (${form.toString('latin1').slice(0, 20)}…)`);
+        for (const form of forms(s))
+          for (const [label, b] of outputs) if (b.includes(form)) t.fail(`${label} contains ${what} of ${name} (${form.toString('latin1').slice(0, 20)}…)`);
       }
     }
     // the scan can see: a secret planted in each form inside other text is found
@@ -153,10 +196,16 @@ if (why) {
     for (const enc of ['hex', 'base64', 'base64url']) {
       for (const pad of ['', 'a', 'ab']) {
         const blob = Buffer.from(`x${Buffer.concat([Buffer.from(pad), planted]).toString(enc)}y`);
-        t.ok(forms(planted).some((fm) => blob.includes(fm)), `a planted secret in ${enc} (offset ${pad.length}) is found`);
+        t.ok(
+          forms(planted).some((fm) => blob.includes(fm)),
+          `a planted secret in ${enc} (offset ${pad.length}) is found`,
+        );
       }
     }
-    t.ok(forms(planted).some((fm) => Buffer.concat([Buffer.from('raw'), planted]).includes(fm)), 'a planted raw secret is found');
+    t.ok(
+      forms(planted).some((fm) => Buffer.concat([Buffer.from('raw'), planted]).includes(fm)),
+      'a planted raw secret is found',
+    );
     t.pass(`scanned ${outputs.length} outputs (${bytes} bytes) for ${secrets} private components in ${forms(Buffer.alloc(20)).length} forms each`);
   });
 }

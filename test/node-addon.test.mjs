@@ -24,7 +24,10 @@ for (const spec of ['rsa-2048', 'ec-p256', 'ec-p384', 'ed25519']) {
   const pub = box.file(`${spec}.pub.pem`);
   cliOk(t, box, ['keys', 'export', uri, '-o', pub]);
   const cert = box.file(`${spec}.crt`);
-  const r = openssl(['req', ...provider, '-new', '-x509', '-key', uri, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '2', '-out', cert], { env: box.env });
+  const r = openssl(
+    ['req', ...provider, '-new', '-x509', '-key', uri, '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '2', '-out', cert],
+    { env: box.env },
+  );
   if (r.status !== 0) throw new Error(`openssl req for ${spec}: ${r.stderr}`);
   keys[spec] = { uri, pub, cert };
 }
@@ -33,12 +36,17 @@ const kb = await kmsbridge.load();
 t.teardown(() => kb.close());
 
 function run(cmd, args, opts = {}) {
-  return new Promise((resolve) => execFile(cmd, args, { timeout: 60_000, ...opts }, (err, stdout, stderr) => resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr })));
+  return new Promise((resolve) =>
+    execFile(cmd, args, { timeout: 60_000, ...opts }, (err, stdout, stderr) => resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr })),
+  );
 }
 
 /** Starts test/fixtures/https-server.mjs and resolves once it listens. */
 async function startServer(t, route, spec, env = {}) {
-  const child = spawn(process.execPath, [path.join(ROOT, 'test/fixtures/https-server.mjs'), route, keys[spec].uri, keys[spec].cert], { env: { ...box.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [path.join(ROOT, 'test/fixtures/https-server.mjs'), route, keys[spec].uri, keys[spec].cert], {
+    env: { ...box.env, ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const lines = [];
   let waiters = [];
   let buf = '';
@@ -55,52 +63,69 @@ async function startServer(t, route, spec, env = {}) {
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   t.teardown(() => child.kill('SIGKILL'));
-  const next = (pred) => new Promise((resolve) => {
-    const found = lines.find(pred);
-    if (found) return resolve(found);
-    waiters.push((l) => (pred(l) ? (resolve(l), true) : false));
-  });
+  const next = (pred) =>
+    new Promise((resolve) => {
+      const found = lines.find(pred);
+      if (found) return resolve(found);
+      waiters.push((l) => (pred(l) ? (resolve(l), true) : false));
+    });
   const { port } = await Promise.race([next((l) => l.port), new Promise((_, rej) => child.once('exit', () => rej(new Error(`server exited: ${stderr}`))))]);
-  return { child, port, next, lines, stats: () => (child.stdin.write('stats\n'), next((l) => 'served' in l && lines.indexOf(l) >= 0 && !l.seen && (l.seen = true))) };
+  return {
+    child,
+    port,
+    next,
+    lines,
+    stats: () => (child.stdin.write('stats\n'), next((l) => 'served' in l && lines.indexOf(l) >= 0 && !l.seen && (l.seen = true))),
+  };
 }
 
 const curl = (port, spec, v) =>
   run('curl', ['-sS', `--tlsv${v}`, '--tls-max', v, '--cacert', keys[spec].cert, '--resolve', `localhost:${port}:127.0.0.1`, `https://localhost:${port}/`]);
 const sClient = (port, spec, v) =>
-  run('sh', ['-c', `echo Q | openssl s_client -connect 127.0.0.1:${port} -servername localhost -tls${v.replace('.', '_')} -CAfile ${keys[spec].cert} -verify_return_error -verify_hostname localhost 2>&1`]);
+  run('sh', [
+    '-c',
+    `echo Q | openssl s_client -connect 127.0.0.1:${port} -servername localhost -tls${v.replace('.', '_')} -CAfile ${keys[spec].cert} -verify_return_error -verify_hostname localhost 2>&1`,
+  ]);
 
 for (const spec of ['rsa-2048', 'ec-p256', 'ed25519']) {
-  t.test(`a Node https server with a ${spec} kms key (keyRef route) serves TLS 1.2 and 1.3 to curl, openssl s_client and Node, each verifying the certificate`, async (t) => {
-    const srv = await startServer(t, 'keyref', spec);
-    for (const v of spec === 'ed25519' ? ['1.3'] : ['1.2', '1.3']) {
-      const c = await curl(srv.port, spec, v);
-      t.equal(c.code, 0, `curl TLS ${v}: ${c.stderr.trim()}`);
-      t.match(c.stdout, /^hello \d+/);
-      const s = await sClient(srv.port, spec, v);
-      t.match(s.stdout, /Verify return code: 0 \(ok\)/, `s_client TLS ${v} verifies the chain`);
-      if (spec.startsWith('rsa')) t.match(s.stdout, v === '1.3' ? /Peer signature type: RSA-PSS/ : /Peer signature type: RSA/, `TLS ${v} RSA signature scheme`);
-    }
-    const n = await run(process.execPath, [path.join(ROOT, 'test/fixtures/tls-clients.mjs'), String(srv.port), keys[spec].cert, '3']);
-    t.same(JSON.parse(n.stdout), { ok: 3, failed: 0, errors: [] }, 'Node tls.connect verifies too');
-  });
+  t.test(
+    `a Node https server with a ${spec} kms key (keyRef route) serves TLS 1.2 and 1.3 to curl, openssl s_client and Node, each verifying the certificate`,
+    async (t) => {
+      const srv = await startServer(t, 'keyref', spec);
+      for (const v of spec === 'ed25519' ? ['1.3'] : ['1.2', '1.3']) {
+        const c = await curl(srv.port, spec, v);
+        t.equal(c.code, 0, `curl TLS ${v}: ${c.stderr.trim()}`);
+        t.match(c.stdout, /^hello \d+/);
+        const s = await sClient(srv.port, spec, v);
+        t.match(s.stdout, /Verify return code: 0 \(ok\)/, `s_client TLS ${v} verifies the chain`);
+        if (spec.startsWith('rsa'))
+          t.match(s.stdout, v === '1.3' ? /Peer signature type: RSA-PSS/ : /Peer signature type: RSA/, `TLS ${v} RSA signature scheme`);
+      }
+      const n = await run(process.execPath, [path.join(ROOT, 'test/fixtures/tls-clients.mjs'), String(srv.port), keys[spec].cert, '3']);
+      t.same(JSON.parse(n.stdout), { ok: 3, failed: 0, errors: [] }, 'Node tls.connect verifies too');
+    },
+  );
 }
 
 for (const spec of ['rsa-2048', 'ec-p256', 'ed25519']) {
-  t.test(`a Node https server with a ${spec} kms key (ENGINE route, privateKeyEngine: 'kmsbridge') serves TLS 1.2 and 1.3 to curl, openssl s_client and Node through the in-process bridge`, async (t) => {
-    // No agent at this socket: every key operation must take the N-API bridge to the worker.
-    const srv = await startServer(t, 'engine', spec, { KMSBRIDGE_AGENT_SOCK: box.file('no-agent-here.sock') });
-    for (const v of spec === 'ed25519' ? ['1.3'] : ['1.2', '1.3']) {
-      const c = await curl(srv.port, spec, v);
-      t.equal(c.code, 0, `curl TLS ${v}: ${c.stderr.trim()}`);
-      t.match(c.stdout, /^hello \d+/);
-      const s = await sClient(srv.port, spec, v);
-      t.match(s.stdout, /Verify return code: 0 \(ok\)/, `s_client TLS ${v} verifies the chain`);
-      if (spec.startsWith('rsa')) t.match(s.stdout, /Peer signature type: RSA-PSS/, `TLS ${v}: the key manager signed PSS, never raw RSA`);
-      if (spec.startsWith('ec')) t.match(s.stdout, /Peer signature type: ECDSA/, `TLS ${v} ECDSA`);
-    }
-    const n = await run(process.execPath, [path.join(ROOT, 'test/fixtures/tls-clients.mjs'), String(srv.port), keys[spec].cert, '3']);
-    t.same(JSON.parse(n.stdout), { ok: 3, failed: 0, errors: [] }, 'Node tls.connect verifies too');
-  });
+  t.test(
+    `a Node https server with a ${spec} kms key (ENGINE route, privateKeyEngine: 'kmsbridge') serves TLS 1.2 and 1.3 to curl, openssl s_client and Node through the in-process bridge`,
+    async (t) => {
+      // No agent at this socket: every key operation must take the N-API bridge to the worker.
+      const srv = await startServer(t, 'engine', spec, { KMSBRIDGE_AGENT_SOCK: box.file('no-agent-here.sock') });
+      for (const v of spec === 'ed25519' ? ['1.3'] : ['1.2', '1.3']) {
+        const c = await curl(srv.port, spec, v);
+        t.equal(c.code, 0, `curl TLS ${v}: ${c.stderr.trim()}`);
+        t.match(c.stdout, /^hello \d+/);
+        const s = await sClient(srv.port, spec, v);
+        t.match(s.stdout, /Verify return code: 0 \(ok\)/, `s_client TLS ${v} verifies the chain`);
+        if (spec.startsWith('rsa')) t.match(s.stdout, /Peer signature type: RSA-PSS/, `TLS ${v}: the key manager signed PSS, never raw RSA`);
+        if (spec.startsWith('ec')) t.match(s.stdout, /Peer signature type: ECDSA/, `TLS ${v} ECDSA`);
+      }
+      const n = await run(process.execPath, [path.join(ROOT, 'test/fixtures/tls-clients.mjs'), String(srv.port), keys[spec].cert, '3']);
+      t.same(JSON.parse(n.stdout), { ok: 3, failed: 0, errors: [] }, 'Node tls.connect verifies too');
+    },
+  );
 }
 
 t.test('100 concurrent handshakes on the ENGINE route all verify; the event loop stall per handshake is reported', async (t) => {
@@ -111,7 +136,9 @@ t.test('100 concurrent handshakes on the ENGINE route all verify; the event loop
     t.same(JSON.parse(r.stdout), { ok: 100, failed: 0, errors: [] }, `${spec}: 100 of 100 verified`);
     const s = await srv.stats();
     t.equal(s.served, 100);
-    t.comment(`${spec} (ENGINE): event loop stall during 100 handshakes: mean ${s.stallMeanMs.toFixed(2)} ms, p99 ${s.stallP99Ms.toFixed(2)} ms, max ${s.stallMaxMs.toFixed(2)} ms`);
+    t.comment(
+      `${spec} (ENGINE): event loop stall during 100 handshakes: mean ${s.stallMeanMs.toFixed(2)} ms, p99 ${s.stallP99Ms.toFixed(2)} ms, max ${s.stallMaxMs.toFixed(2)} ms`,
+    );
   }
 });
 
@@ -120,7 +147,11 @@ t.test('crypto.sign and createSign with kb.privateKey: openssl verifies with the
   fs.writeFileSync(box.file('node-msg'), msg);
   const cases = [
     ['rsa-2048', () => crypto.sign('sha256', msg, kb.privateKey(keys['rsa-2048'].uri)), ['-sha256']],
-    ['rsa-2048 PSS', () => crypto.sign('sha384', msg, { key: kb.privateKey(keys['rsa-2048'].uri), padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 }), ['-sha384', '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:48']],
+    [
+      'rsa-2048 PSS',
+      () => crypto.sign('sha384', msg, { key: kb.privateKey(keys['rsa-2048'].uri), padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 }),
+      ['-sha384', '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:48'],
+    ],
     ['ec-p384', () => crypto.createSign('sha384').update(msg).sign(kb.privateKey(keys['ec-p384'].uri)), ['-sha384']],
     ['ec-p256', () => crypto.sign('sha256', msg, kb.privateKey(keys['ec-p256'].uri)), ['-sha256']],
   ];
@@ -131,12 +162,20 @@ t.test('crypto.sign and createSign with kb.privateKey: openssl verifies with the
     t.match(r.stdout.toString(), /Verified OK/, `${name}: ${r.stderr.trim()}`);
   }
   fs.writeFileSync(box.file('node-sig'), crypto.sign(null, msg, kb.privateKey(keys.ed25519.uri)));
-  t.equal(openssl(['pkeyutl', '-verify', '-pubin', '-inkey', keys.ed25519.pub, '-rawin', '-in', box.file('node-msg'), '-sigfile', box.file('node-sig')]).status, 0, 'Ed25519');
+  t.equal(
+    openssl(['pkeyutl', '-verify', '-pubin', '-inkey', keys.ed25519.pub, '-rawin', '-in', box.file('node-msg'), '-sigfile', box.file('node-sig')]).status,
+    0,
+    'Ed25519',
+  );
 });
 
 t.test('crypto.privateDecrypt (OAEP SHA-256) decrypts what openssl encrypted', async (t) => {
   const secret = crypto.randomBytes(32);
-  const ct = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', keys['rsa-2048'].pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256'], { input: secret });
+  const ct = opensslOk(
+    t,
+    ['pkeyutl', '-encrypt', '-pubin', '-inkey', keys['rsa-2048'].pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256'],
+    { input: secret },
+  );
   const pt = crypto.privateDecrypt({ key: kb.privateKey(keys['rsa-2048'].uri), oaepHash: 'sha256', padding: crypto.constants.RSA_PKCS1_OAEP_PADDING }, ct);
   t.same(pt, secret);
 });
@@ -151,8 +190,42 @@ t.test('kb.describe gives the key details without touching Node calls that abort
 t.test('mutual TLS: a Node client authenticates with a kms key, checked by openssl s_server', async (t) => {
   // The server side is plain openssl with a file key; it requires and verifies the client's certificate.
   opensslOk(t, ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', box.file('server.key')]);
-  opensslOk(t, ['req', '-new', '-x509', '-key', box.file('server.key'), '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-days', '1', '-out', box.file('server.crt')]);
-  const srv = spawn('openssl', ['s_server', '-accept', '127.0.0.1:0', '-naccept', '1', '-cert', box.file('server.crt'), '-key', box.file('server.key'), '-Verify', '1', '-verify_return_error', '-CAfile', keys['rsa-2048'].cert, '-www'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  opensslOk(t, [
+    'req',
+    '-new',
+    '-x509',
+    '-key',
+    box.file('server.key'),
+    '-subj',
+    '/CN=localhost',
+    '-addext',
+    'subjectAltName=DNS:localhost',
+    '-days',
+    '1',
+    '-out',
+    box.file('server.crt'),
+  ]);
+  const srv = spawn(
+    'openssl',
+    [
+      's_server',
+      '-accept',
+      '127.0.0.1:0',
+      '-naccept',
+      '1',
+      '-cert',
+      box.file('server.crt'),
+      '-key',
+      box.file('server.key'),
+      '-Verify',
+      '1',
+      '-verify_return_error',
+      '-CAfile',
+      keys['rsa-2048'].cert,
+      '-www',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   t.teardown(() => srv.kill());
   let out = '';
   const port = await new Promise((resolve, reject) => {
@@ -165,7 +238,17 @@ t.test('mutual TLS: a Node client authenticates with a kms key, checked by opens
   });
   const tls = await import('node:tls');
   const body = await new Promise((resolve, reject) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ca: fs.readFileSync(box.file('server.crt')), key: kb.keyRef(keys['rsa-2048'].uri), cert: fs.readFileSync(keys['rsa-2048'].cert) }, () => s.write('GET / HTTP/1.0\r\n\r\n'));
+    const s = tls.connect(
+      {
+        host: '127.0.0.1',
+        port,
+        servername: 'localhost',
+        ca: fs.readFileSync(box.file('server.crt')),
+        key: kb.keyRef(keys['rsa-2048'].uri),
+        cert: fs.readFileSync(keys['rsa-2048'].cert),
+      },
+      () => s.write('GET / HTTP/1.0\r\n\r\n'),
+    );
     let b = '';
     s.on('data', (d) => (b += d));
     s.on('end', () => resolve(b));
@@ -182,7 +265,9 @@ t.test('100 concurrent handshakes on the keyRef route all verify; the event loop
     t.same(JSON.parse(r.stdout), { ok: 100, failed: 0, errors: [] }, `${spec}: 100 of 100 verified`);
     const s = await srv.stats();
     t.equal(s.served, 100);
-    t.comment(`${spec}: event loop stall during 100 handshakes: mean ${s.stallMeanMs.toFixed(2)} ms, p99 ${s.stallP99Ms.toFixed(2)} ms, max ${s.stallMaxMs.toFixed(2)} ms`);
+    t.comment(
+      `${spec}: event loop stall during 100 handshakes: mean ${s.stallMeanMs.toFixed(2)} ms, p99 ${s.stallP99Ms.toFixed(2)} ms, max ${s.stallMaxMs.toFixed(2)} ms`,
+    );
   }
 });
 
@@ -237,7 +322,14 @@ t.test('a kms key used on the KeyService worker thread itself fails at once with
     try { crypto.createPrivateKey(keyRefPem('kms:local/whatever')); } catch (e) { message = e.message; }
     parentPort.postMessage({ message, tookMs: Date.now() - started });
     addon.bridgeUnbind();`;
-  const r = await run(process.execPath, ['-e', `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(script)}, { eval: true }); w.on('message', (m) => { console.log(JSON.stringify(m)); process.exit(0); }); w.on('error', (e) => { console.log(JSON.stringify({ message: 'worker error ' + e.message })); process.exit(1); });`], { env: { ...box.env, KMSBRIDGE_DEBUG: '1' } });
+  const r = await run(
+    process.execPath,
+    [
+      '-e',
+      `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(script)}, { eval: true }); w.on('message', (m) => { console.log(JSON.stringify(m)); process.exit(0); }); w.on('error', (e) => { console.log(JSON.stringify({ message: 'worker error ' + e.message })); process.exit(1); });`,
+    ],
+    { env: { ...box.env, KMSBRIDGE_DEBUG: '1' } },
+  );
   const out = JSON.parse(r.stdout.trim().split('\n').pop());
   t.ok(out.tookMs < 1000, `failed at once (${out.tookMs} ms), no deadlock`);
   t.match(r.stderr + out.message, /KeyService worker thread itself/, 'the re-entrancy error is reported');

@@ -28,14 +28,23 @@ const install = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fu
 
 t.test('npm install of the packed kmsbridge builds it in a fresh project', async (t) => {
   t.equal(pack.status, 0, pack.stderr);
-  t.equal(install.status, 0, install.stderr.split('\n').filter((l) => !/warn/.test(l)).join('\n'));
+  t.equal(
+    install.status,
+    0,
+    install.stderr
+      .split('\n')
+      .filter((l) => !/warn/.test(l))
+      .join('\n'),
+  );
   t.ok(fs.existsSync(path.join(app, 'node_modules/kmsbridge/build/Release/kmsbridge.node')), 'kmsbridge.node built');
   t.ok(fs.existsSync(path.join(app, 'node_modules/kmsbridge/build/ossl-modules/kmsbridge.so')), 'kmsbridge.so built');
   const v = sh('npx', ['kmsbridge', '--version'], { cwd: app, env: npmEnv });
   t.equal(v.stdout.trim(), '0.1.0', 'npx kmsbridge runs');
 });
 
-const snippet = (style) => `${style === 'cjs' ? "const kmsbridge = require('kmsbridge');\nconst crypto = require('node:crypto'); const fs = require('node:fs');\n(async () => {" : "import * as kmsbridge from 'kmsbridge';\nimport crypto from 'node:crypto'; import fs from 'node:fs';\n{"}
+const snippet = (
+  style,
+) => `${style === 'cjs' ? "const kmsbridge = require('kmsbridge');\nconst crypto = require('node:crypto'); const fs = require('node:fs');\n(async () => {" : "import * as kmsbridge from 'kmsbridge';\nimport crypto from 'node:crypto'; import fs from 'node:fs';\n{"}
 const data = Buffer.from('${style} snippet');
 const kb = await kmsbridge.load();
 fs.writeFileSync('sig.${style}', crypto.sign('sha256', data, kb.privateKey('${uri}')));

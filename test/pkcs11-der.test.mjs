@@ -68,7 +68,11 @@ t.test('ECDSA r‖s becomes a DER signature openssl verifies, on every curve', a
 t.test('SubjectPublicKeyInfo from token attributes matches what OpenSSL exports', async (t) => {
   const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey;
   const j = rsa.export({ format: 'jwk' });
-  t.same(rsaSpki(Buffer.from(j.n, 'base64url'), Buffer.from(j.e, 'base64url')), rsa.export({ type: 'spki', format: 'der' }), 'RSA from CKA_MODULUS and CKA_PUBLIC_EXPONENT');
+  t.same(
+    rsaSpki(Buffer.from(j.n, 'base64url'), Buffer.from(j.e, 'base64url')),
+    rsa.export({ type: 'spki', format: 'der' }),
+    'RSA from CKA_MODULUS and CKA_PUBLIC_EXPONENT',
+  );
   for (const curve of ['P-256', 'P-384', 'P-521']) {
     const ec = crypto.generateKeyPairSync('ec', { namedCurve: curve }).publicKey;
     const spki = ec.export({ type: 'spki', format: 'der' });

@@ -11,7 +11,15 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
-const CKR = { PIN_INCORRECT: 0xa0, PIN_LOCKED: 0xa4, SESSION_HANDLE_INVALID: 0xb3, SESSION_COUNT: 0xb1, USER_NOT_LOGGED_IN: 0x101, TOKEN_NOT_PRESENT: 0xe0, USER_ALREADY_LOGGED_IN: 0x100 };
+const CKR = {
+  PIN_INCORRECT: 0xa0,
+  PIN_LOCKED: 0xa4,
+  SESSION_HANDLE_INVALID: 0xb3,
+  SESSION_COUNT: 0xb1,
+  USER_NOT_LOGGED_IN: 0x101,
+  TOKEN_NOT_PRESENT: 0xe0,
+  USER_ALREADY_LOGGED_IN: 0x100,
+};
 const FLAGS = { LOGIN_REQUIRED: 0x4, USER_PIN_INITIALIZED: 0x8, TOKEN_INITIALIZED: 0x400, USER_PIN_FINAL_TRY: 0x20000, USER_PIN_LOCKED: 0x40000 };
 const NAMES = Object.fromEntries(Object.entries(CKR).map(([k, v]) => [v, `CKR_${k}`]));
 
@@ -22,7 +30,18 @@ function ckr(code) {
 /** One scripted token; `fail[method]` is a list of CK_RVs its next calls return. */
 let token;
 function newToken(extra = {}) {
-  token = { pin: '1234', flags: FLAGS.LOGIN_REQUIRED | FLAGS.USER_PIN_INITIALIZED | FLAGS.TOKEN_INITIALIZED, loggedIn: false, open: new Set(), maxOpen: 0, next: 1, calls: {}, fail: {}, sessionLimit: Infinity, ...extra };
+  token = {
+    pin: '1234',
+    flags: FLAGS.LOGIN_REQUIRED | FLAGS.USER_PIN_INITIALIZED | FLAGS.TOKEN_INITIALIZED,
+    loggedIn: false,
+    open: new Set(),
+    maxOpen: 0,
+    next: 1,
+    calls: {},
+    fail: {},
+    sessionLimit: Infinity,
+    ...extra,
+  };
   return token;
 }
 
@@ -46,7 +65,15 @@ class FakePkcs11 {
   }
   C_GetTokenInfo() {
     this.#count('C_GetTokenInfo');
-    return { label: 'fake'.padEnd(32), serialNumber: '0001'.padEnd(16), model: 'Fake'.padEnd(16), manufacturerID: 'test'.padEnd(32), flags: token.flags, maxSessionCount: 0, maxRwSessionCount: 0 };
+    return {
+      label: 'fake'.padEnd(32),
+      serialNumber: '0001'.padEnd(16),
+      model: 'Fake'.padEnd(16),
+      manufacturerID: 'test'.padEnd(32),
+      flags: token.flags,
+      maxSessionCount: 0,
+      maxRwSessionCount: 0,
+    };
   }
   C_OpenSession() {
     this.#count('C_OpenSession');
@@ -109,7 +136,10 @@ t.test('a wrong PIN is tried once however many requests come, and a corrected pi
   setPin('0000');
   const b = backend(t);
   const results = await Promise.allSettled(Array.from({ length: 8 }, () => b.random(8, signal())));
-  t.ok(results.every((r) => r.status === 'rejected' && r.reason.codeName === 'ACCESS_DENIED'), 'every request refused');
+  t.ok(
+    results.every((r) => r.status === 'rejected' && r.reason.codeName === 'ACCESS_DENIED'),
+    'every request refused',
+  );
   t.equal(token.calls.C_Login, 1, 'one C_Login for eight requests');
   t.match(results[1].reason.message, /rejected the PIN from pin_file .*; kmsbridge does not try a rejected PIN again/);
   t.notMatch(results.map((r) => r.reason.message).join('\n'), /0000|1234/, 'no PIN in any message');
@@ -121,10 +151,16 @@ t.test('a wrong PIN is tried once however many requests come, and a corrected pi
 t.test('a token at its final PIN try, or locked, is not logged into at all', async (t) => {
   setPin('1234');
   newToken().flags |= FLAGS.USER_PIN_FINAL_TRY;
-  await t.rejects(backend(t).random(8, signal()), { codeName: 'ACCESS_DENIED', message: /one more wrong PIN locks it \(CKF_USER_PIN_FINAL_TRY\), so kmsbridge will not log in/ });
+  await t.rejects(backend(t).random(8, signal()), {
+    codeName: 'ACCESS_DENIED',
+    message: /one more wrong PIN locks it \(CKF_USER_PIN_FINAL_TRY\), so kmsbridge will not log in/,
+  });
   t.equal(token.calls.C_Login, undefined, 'no C_Login');
   newToken().flags |= FLAGS.USER_PIN_LOCKED;
-  await t.rejects(backend(t).random(8, signal()), { codeName: 'ACCESS_DENIED', message: /user PIN of token 'fake' is locked .*kmsbridge did not try to log in/ });
+  await t.rejects(backend(t).random(8, signal()), {
+    codeName: 'ACCESS_DENIED',
+    message: /user PIN of token 'fake' is locked .*kmsbridge did not try to log in/,
+  });
   t.equal(token.calls.C_Login, undefined, 'no C_Login');
 });
 
@@ -145,7 +181,11 @@ t.test('a session that went away is replaced, a lost login is redone, a token th
   t.same(await b.random(8, signal()), Buffer.alloc(8, 0x5a), 'after the token went away and came back');
   t.ok(token.calls.C_GetSlotList > lists, 'the slot was looked up again');
   token.fail.C_GenerateRandom = [CKR.TOKEN_NOT_PRESENT, CKR.TOKEN_NOT_PRESENT];
-  await t.rejects(b.random(8, signal()), { codeName: 'BACKEND_UNAVAILABLE', message: /token 'fake' went away \(CKR_TOKEN_NOT_PRESENT\)/ }, 'recovered once, not forever');
+  await t.rejects(
+    b.random(8, signal()),
+    { codeName: 'BACKEND_UNAVAILABLE', message: /token 'fake' went away \(CKR_TOKEN_NOT_PRESENT\)/ },
+    'recovered once, not forever',
+  );
   t.same(await b.random(8, signal()), Buffer.alloc(8, 0x5a), 'and the next request works again: no sticky error');
 });
 
@@ -155,7 +195,7 @@ t.test('a token with no session left says so', async (t) => {
   await t.rejects(backend(t).random(8, signal()), { codeName: 'BACKEND_UNAVAILABLE', message: /token 'fake' refuses to open a session \(CKR_SESSION_COUNT\)/ });
 });
 
-t.test('after a fork the library is initialized again and the parent\'s sessions are not touched', async (t) => {
+t.test("after a fork the library is initialized again and the parent's sessions are not touched", async (t) => {
   setPin('1234');
   newToken();
   const b = backend(t);
@@ -169,5 +209,8 @@ t.test('after a fork the library is initialized again and the parent\'s sessions
   t.same(await b.random(8, signal()), Buffer.alloc(8, 0x5a));
   t.equal(token.calls.C_Initialize, inits + 1, 'C_Initialize again in the child');
   t.equal(token.calls.C_CloseSession ?? 0, closes, "the parent's session handles were not closed");
-  t.ok([...token.open].some((h) => !parentSessions.includes(h)), 'a session of its own');
+  t.ok(
+    [...token.open].some((h) => !parentSessions.includes(h)),
+    'a session of its own',
+  );
 });

@@ -27,7 +27,10 @@ async function agentFor(t, keyrings, env = {}) {
 }
 
 function sign(client, uri, alg, digest, data = message) {
-  const fields = [{ tag: Tag.URI, value: uri }, { tag: Tag.ALGORITHM, value: alg }];
+  const fields = [
+    { tag: Tag.URI, value: uri },
+    { tag: Tag.ALGORITHM, value: alg },
+  ];
   if (digest) fields.push({ tag: Tag.DIGEST, value: digest });
   if (alg === 'rsa-pss') fields.push({ tag: Tag.SALT_LENGTH, value: 32 });
   fields.push({ tag: Tag.DATA, value: digest ? crypto.createHash(digest).update(data).digest() : data });
@@ -47,7 +50,13 @@ function verify(t, box, pub, sig, digest, opts = [], what = 'openssl verifies') 
 }
 
 /** How many times pkcs11-spy logged a call to `fn` (its log has a `<n>: C_Login` line per call). */
-const spyCalls = (log, fn) => (fs.existsSync(log) ? fs.readFileSync(log, 'latin1').split('\n').filter((l) => new RegExp(`^\\d+: ${fn}$`).test(l)).length : 0);
+const spyCalls = (log, fn) =>
+  fs.existsSync(log)
+    ? fs
+        .readFileSync(log, 'latin1')
+        .split('\n')
+        .filter((l) => new RegExp(`^\\d+: ${fn}$`).test(l)).length
+    : 0;
 
 t.test('keys made by pkcs11-tool are usable by id, by label and by both', async (t) => {
   p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '0a', '--label', 'tool-ec']);
@@ -62,7 +71,15 @@ t.test('keys made by pkcs11-tool are usable by id, by label and by both', async 
   }
   for (const uri of ['kms:hsm/id=0b', 'kms:hsm/label=tool-rsa']) {
     verify(t, box, rsaPub, await sign(client, uri, 'rsa-pkcs1', 'sha256'), 'sha256', [], `RSA PKCS#1 v1.5 through ${uri}`);
-    verify(t, box, rsaPub, await sign(client, uri, 'rsa-pss', 'sha256'), 'sha256', ['-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', 'rsa_pss_saltlen:32'], `RSA-PSS through ${uri}`);
+    verify(
+      t,
+      box,
+      rsaPub,
+      await sign(client, uri, 'rsa-pss', 'sha256'),
+      'sha256',
+      ['-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', 'rsa_pss_saltlen:32'],
+      `RSA-PSS through ${uri}`,
+    );
   }
   const list = cliOk(t, box, ['keys', 'list', '--keyring', 'hsm']);
   t.match(list, /kms:hsm\/label=tool-ec\tec P-256/);
@@ -71,7 +88,11 @@ t.test('keys made by pkcs11-tool are usable by id, by label and by both', async 
 
 t.test('keys made by kmsbridge are on the token, sensitive and non-extractable, as pkcs11-tool sees them', async (t) => {
   const { box, client } = await agentFor(t, { hsm: hsm() });
-  for (const [name, spec] of [['made-ec', 'ec-p256'], ['made-rsa', 'rsa-2048'], ['made-ed', 'ed25519']]) {
+  for (const [name, spec] of [
+    ['made-ec', 'ec-p256'],
+    ['made-rsa', 'rsa-2048'],
+    ['made-ed', 'ed25519'],
+  ]) {
     const uri = cliOk(t, box, ['keys', 'create', name, '--keyring', 'hsm', '--type', spec]).trim();
     t.equal(uri, `kms:hsm/label=${name}`);
     const listing = p11toolOk(t, token, ['--list-objects', '--type', 'privkey']).toString();
@@ -90,32 +111,43 @@ t.test('keys made by kmsbridge are on the token, sensitive and non-extractable, 
   t.match(again.stderr, /a private key labelled 'made-ec' already exists on token 'kmsbridge-p11'/);
 });
 
-t.test('a wrong PIN is tried once, never again, and the token works with the right PIN afterwards', { skip: !PKCS11_SPY && 'OpenSC pkcs11-spy is not installed' }, async (t) => {
-  const scratch = sandbox(t);
-  const pinFile = scratch.file('hsm.pin');
-  fs.writeFileSync(pinFile, '999999\n', { mode: 0o600 });
-  const spyLog = scratch.file('spy.log');
-  const keyring = { type: 'pkcs11', library: PKCS11_SPY, token_label: token.label, pin_file: pinFile };
-  const { client, agent, box: b2 } = await agentFor(t, { hsm: keyring }, { PKCS11SPY: SOFTHSM_LIB, PKCS11SPY_OUTPUT: spyLog });
-  p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '0c', '--label', 'pin-test']);
+t.test(
+  'a wrong PIN is tried once, never again, and the token works with the right PIN afterwards',
+  { skip: !PKCS11_SPY && 'OpenSC pkcs11-spy is not installed' },
+  async (t) => {
+    const scratch = sandbox(t);
+    const pinFile = scratch.file('hsm.pin');
+    fs.writeFileSync(pinFile, '999999\n', { mode: 0o600 });
+    const spyLog = scratch.file('spy.log');
+    const keyring = { type: 'pkcs11', library: PKCS11_SPY, token_label: token.label, pin_file: pinFile };
+    const { client, agent, box: b2 } = await agentFor(t, { hsm: keyring }, { PKCS11SPY: SOFTHSM_LIB, PKCS11SPY_OUTPUT: spyLog });
+    p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '0c', '--label', 'pin-test']);
 
-  const attempts = [sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), sign(client, 'kms:hsm/id=0c', 'ecdsa', 'sha256')];
-  for (const a of attempts) {
-    await t.rejects(a, { codeName: 'ACCESS_DENIED', message: /token 'kmsbridge-p11' rejected the PIN from pin_file .*hsm\.pin/ });
-  }
-  await t.rejects(sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), { codeName: 'ACCESS_DENIED', message: /does not try a rejected PIN again.*read again at the next request/ });
-  t.equal(spyCalls(spyLog, 'C_Login'), 1, 'pkcs11-spy saw exactly one C_Login for four requests');
-  t.notMatch(agent.log(), /999999|246810/, 'no PIN in the agent log');
-  t.notMatch(fs.readFileSync(b2.file('audit.log'), 'utf8'), /999999|246810/, 'no PIN in the audit log');
+    const attempts = [
+      sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'),
+      sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'),
+      sign(client, 'kms:hsm/id=0c', 'ecdsa', 'sha256'),
+    ];
+    for (const a of attempts) {
+      await t.rejects(a, { codeName: 'ACCESS_DENIED', message: /token 'kmsbridge-p11' rejected the PIN from pin_file .*hsm\.pin/ });
+    }
+    await t.rejects(sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), {
+      codeName: 'ACCESS_DENIED',
+      message: /does not try a rejected PIN again.*read again at the next request/,
+    });
+    t.equal(spyCalls(spyLog, 'C_Login'), 1, 'pkcs11-spy saw exactly one C_Login for four requests');
+    t.notMatch(agent.log(), /999999|246810/, 'no PIN in the agent log');
+    t.notMatch(fs.readFileSync(b2.file('audit.log'), 'utf8'), /999999|246810/, 'no PIN in the audit log');
 
-  // The token is not locked: pkcs11-tool logs in with the right PIN, and so does the agent once the file is fixed.
-  p11toolOk(t, token, ['--list-objects', '--type', 'privkey']);
-  fs.writeFileSync(pinFile, `${token.pin}\n`, { mode: 0o600 });
-  const pub = b2.file('pin-test.pem');
-  readPublicKeyPem(t, token, 'kms:hsm/id=0c', pub);
-  verify(t, b2, pub, await sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), 'sha256', [], 'signs once the PIN file is right');
-  t.equal(spyCalls(spyLog, 'C_Login'), 2, 'one more C_Login, with the corrected PIN');
-});
+    // The token is not locked: pkcs11-tool logs in with the right PIN, and so does the agent once the file is fixed.
+    p11toolOk(t, token, ['--list-objects', '--type', 'privkey']);
+    fs.writeFileSync(pinFile, `${token.pin}\n`, { mode: 0o600 });
+    const pub = b2.file('pin-test.pem');
+    readPublicKeyPem(t, token, 'kms:hsm/id=0c', pub);
+    verify(t, b2, pub, await sign(client, 'kms:hsm/label=pin-test', 'ecdsa', 'sha256'), 'sha256', [], 'signs once the PIN file is right');
+    t.equal(spyCalls(spyLog, 'C_Login'), 2, 'one more C_Login, with the corrected PIN');
+  },
+);
 
 t.test('a PIN file other users can read is refused before any login', async (t) => {
   const box = sandbox(t);
@@ -123,7 +155,10 @@ t.test('a PIN file other users can read is refused before any login', async (t) 
   fs.writeFileSync(pinFile, token.pin);
   fs.chmodSync(pinFile, 0o644);
   const { client } = await agentFor(t, { hsm: { type: 'pkcs11', library: SOFTHSM_LIB, token_label: token.label, pin_file: pinFile } });
-  await t.rejects(client.request(MsgType.LIST, [{ tag: Tag.KEYRING, value: 'hsm' }]), { codeName: 'ACCESS_DENIED', message: new RegExp(`pin_file ${pinFile} has mode 0644, readable by other users; run: chmod 600`) });
+  await t.rejects(client.request(MsgType.LIST, [{ tag: Tag.KEYRING, value: 'hsm' }]), {
+    codeName: 'ACCESS_DENIED',
+    message: new RegExp(`pin_file ${pinFile} has mode 0644, readable by other users; run: chmod 600`),
+  });
 });
 
 t.test('a PIN written in the config works and is warned about loudly at start', async (t) => {
@@ -154,7 +189,8 @@ t.test('a wrong token label lists the tokens the library sees', async (t) => {
   const { client } = await agentFor(t, { hsm: hsm({ token_label: 'prod' }) });
   await t.rejects(client.request(MsgType.LIST, [{ tag: Tag.KEYRING, value: 'hsm' }]), {
     codeName: 'BACKEND_UNAVAILABLE',
-    message: /token 'prod' of keyring 'hsm' not found through library .*libsofthsm2\.so; tokens seen: 'kmsbridge-p11' \(slot \d+, serial [0-9a-f]+, SoftHSM v2\)(, an uninitialized token \(slot \d+\))?; check token_label in \[keyrings\.hsm\]/,
+    message:
+      /token 'prod' of keyring 'hsm' not found through library .*libsofthsm2\.so; tokens seen: 'kmsbridge-p11' \(slot \d+, serial [0-9a-f]+, SoftHSM v2\)(, an uninitialized token \(slot \d+\))?; check token_label in \[keyrings\.hsm\]/,
   });
 });
 
@@ -163,10 +199,14 @@ t.test('a key-id that matches nothing lists the private keys on the token', asyn
   const { client } = await agentFor(t, { hsm: hsm() });
   await t.rejects(sign(client, 'kms:hsm/label=nope', 'ecdsa', 'sha256'), {
     codeName: 'NOT_FOUND',
-    message: /key kms:hsm\/label=nope not found: no private key with CKA_LABEL 'nope' on token 'kmsbridge-p11'; private keys on the token: .*label=listed \(ec P-256\)/,
+    message:
+      /key kms:hsm\/label=nope not found: no private key with CKA_LABEL 'nope' on token 'kmsbridge-p11'; private keys on the token: .*label=listed \(ec P-256\)/,
   });
   await t.rejects(sign(client, 'kms:hsm/id=zz', 'ecdsa', 'sha256'), { codeName: 'NOT_FOUND' });
-  await t.rejects(sign(client, 'kms:hsm/colour=blue', 'ecdsa', 'sha256'), { codeName: 'BAD_REQUEST', message: /attribute 'colour' is not supported; use id=<hex>, label=<name>/ });
+  await t.rejects(sign(client, 'kms:hsm/colour=blue', 'ecdsa', 'sha256'), {
+    codeName: 'BAD_REQUEST',
+    message: /attribute 'colour' is not supported; use id=<hex>, label=<name>/,
+  });
 });
 
 t.test('decryption: OAEP on the token, PKCS#1 v1.5 only where the keyring allows it, clear errors for what the token lacks', async (t) => {
@@ -176,17 +216,34 @@ t.test('decryption: OAEP on the token, PKCS#1 v1.5 only where the keyring allows
   readPublicKeyPem(t, token, uri, pub);
   const secret = crypto.randomBytes(32);
   const decrypt = (u, alg, digest, ct) =>
-    client.request(MsgType.DECRYPT, [{ tag: Tag.URI, value: u }, { tag: Tag.ALGORITHM, value: alg }, ...(digest ? [{ tag: Tag.DIGEST, value: digest }] : []), { tag: Tag.DATA, value: ct }]).then((f) => f.requireBytes(Tag.RESULT));
-  const oaep1 = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha1'], { input: secret });
+    client
+      .request(MsgType.DECRYPT, [
+        { tag: Tag.URI, value: u },
+        { tag: Tag.ALGORITHM, value: alg },
+        ...(digest ? [{ tag: Tag.DIGEST, value: digest }] : []),
+        { tag: Tag.DATA, value: ct },
+      ])
+      .then((f) => f.requireBytes(Tag.RESULT));
+  const oaep1 = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha1'], {
+    input: secret,
+  });
   t.same(await decrypt(uri, 'rsa-oaep', 'sha1', oaep1), secret, 'OAEP-SHA-1 decrypts what openssl encrypted');
-  const oaep256 = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256'], { input: secret });
-  await t.rejects(decrypt(uri, 'rsa-oaep', 'sha256', oaep256), { codeName: 'UNSUPPORTED', message: /token 'kmsbridge-p11' refuses OAEP with sha256, MGF1-sha256 \(CKR_ARGUMENTS_BAD\)/ });
+  const oaep256 = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha256'], {
+    input: secret,
+  });
+  await t.rejects(decrypt(uri, 'rsa-oaep', 'sha256', oaep256), {
+    codeName: 'UNSUPPORTED',
+    message: /token 'kmsbridge-p11' refuses OAEP with sha256, MGF1-sha256 \(CKR_ARGUMENTS_BAD\)/,
+  });
   const v15 = opensslOk(t, ['pkeyutl', '-encrypt', '-pubin', '-inkey', pub, '-pkeyopt', 'rsa_padding_mode:pkcs1'], { input: secret });
-  await t.rejects(decrypt(uri, 'rsa-pkcs1-decrypt', undefined, v15), { codeName: 'UNSUPPORTED', message: /PKCS#1 v1\.5 decryption is disabled for keyring 'hsm'/ });
+  await t.rejects(decrypt(uri, 'rsa-pkcs1-decrypt', undefined, v15), {
+    codeName: 'UNSUPPORTED',
+    message: /PKCS#1 v1\.5 decryption is disabled for keyring 'hsm'/,
+  });
   t.same(await decrypt('kms:legacy/label=dec', 'rsa-pkcs1-decrypt', undefined, v15), secret, 'PKCS#1 v1.5 decrypts where allow_pkcs1_decrypt is set');
 });
 
-t.test('a key replaced behind the agent\'s back is looked up again: gone is NOT_FOUND, a new one under the label is used', async (t) => {
+t.test("a key replaced behind the agent's back is looked up again: gone is NOT_FOUND, a new one under the label is used", async (t) => {
   const { box, client } = await agentFor(t, { hsm: hsm() });
   p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--id', '0f', '--label', 'replaced']);
   await sign(client, 'kms:hsm/label=replaced', 'ecdsa', 'sha256');
@@ -229,7 +286,10 @@ t.test('16 concurrent signers through the agent share a pool of 4 sessions and a
   for (const { pub, sig } of results) {
     fs.writeFileSync(box.file('c-sig'), sig);
     fs.writeFileSync(box.file('c-in'), crypto.createHash('sha256').update(message).digest());
-    if (openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('c-in'), '-sigfile', box.file('c-sig'), '-pkeyopt', 'digest:sha256']).status === 0) verified++;
+    if (
+      openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-in', box.file('c-in'), '-sigfile', box.file('c-sig'), '-pkeyopt', 'digest:sha256']).status === 0
+    )
+      verified++;
   }
   t.equal(verified, 64, 'openssl verifies all 64 signatures from 16 concurrent signers');
   if (PKCS11_SPY) {

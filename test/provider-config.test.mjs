@@ -10,7 +10,11 @@ const box = sandbox(t);
 await startAgent(t, box);
 const uris = ['a', 'b', 'c'].map((n) => cliOk(t, box, ['keys', 'create', n, '--keyring', 'local', '--type', n === 'b' ? 'rsa-2048' : 'ec-p256']).trim());
 const modules = cliOk(t, box, ['modules-dir']).trim();
-const randOps = () => fs.readFileSync(box.file('audit.log'), 'utf8').split('\n').filter((l) => l.includes('"op":"random"')).length;
+const randOps = () =>
+  fs
+    .readFileSync(box.file('audit.log'), 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"op":"random"')).length;
 
 t.test('openssl storeutl lists every key of a keyring through the provider', async (t) => {
   const r = openssl(['storeutl', '-provider-path', modules, '-provider', 'default', '-provider', 'kmsbridge', 'kms:local/'], { env: box.env });

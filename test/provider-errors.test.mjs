@@ -47,8 +47,7 @@ if (why) {
 
   t.test('SHA-1 is refused for a key whose keyring does not allow it', async (t) => {
     openssl(ctx, ['dgst', '-sha1', '-binary', '-out', f('msg.sha1'), f('msg.txt')]);
-    const r = openssl(ctx, ['pkeyutl', '-sign', ...FLAGS, '-inkey', 'kms:local/web', '-in', f('msg.sha1'), '-out', f('sha1.sig'),
-      '-pkeyopt', 'digest:sha1']);
+    const r = openssl(ctx, ['pkeyutl', '-sign', ...FLAGS, '-inkey', 'kms:local/web', '-in', f('msg.sha1'), '-out', f('sha1.sig'), '-pkeyopt', 'digest:sha1']);
     t.not(r.status, 0);
     t.match(r.stderr, /kmsbridge:.*sha1/i);
   });
@@ -71,11 +70,38 @@ if (why) {
   });
 
   t.test('with kmsbridge loaded before default, signing still works', async (t) => {
-    const r = openssl(ctx, ['pkeyutl', '-sign', '-provider-path', MODULES, '-provider', 'kmsbridge', '-provider', 'default',
-      '-inkey', 'kms:local/rsa', '-in', f('msg.sha256'), '-out', f('rsa.sig'), '-pkeyopt', 'digest:sha256']);
+    const r = openssl(ctx, [
+      'pkeyutl',
+      '-sign',
+      '-provider-path',
+      MODULES,
+      '-provider',
+      'kmsbridge',
+      '-provider',
+      'default',
+      '-inkey',
+      'kms:local/rsa',
+      '-in',
+      f('msg.sha256'),
+      '-out',
+      f('rsa.sig'),
+      '-pkeyopt',
+      'digest:sha256',
+    ]);
     t.equal(r.status, 0, r.stderr);
-    const v = openssl(ctx, ['pkeyutl', '-verify', '-pubin', '-inkey', f('rsa.pub.pem'), '-in', f('msg.sha256'), '-sigfile', f('rsa.sig'),
-      '-pkeyopt', 'digest:sha256']);
+    const v = openssl(ctx, [
+      'pkeyutl',
+      '-verify',
+      '-pubin',
+      '-inkey',
+      f('rsa.pub.pem'),
+      '-in',
+      f('msg.sha256'),
+      '-sigfile',
+      f('rsa.sig'),
+      '-pkeyopt',
+      'digest:sha256',
+    ]);
     t.equal(v.status, 0, v.stdout + v.stderr);
   });
 
@@ -100,76 +126,89 @@ if (why) {
     t.match(r.stderr, /elsewhere\.sock/);
   });
 
-  t.test('the agent killed mid-run, then stopped, then back: each call fails clearly within its timeout, signing recovers in-process, the next command works', { skip: fs.existsSync(STRESS) ? false : `${STRESS} is not built (make -C src-native tests)` }, async (t) => {
-    // One process signs back to back (C harness, OSSL_STORE + EVP_DigestSign)
-    // while the agent is SIGKILLed and restarted, then SIGSTOPped and resumed.
-    const TIMEOUT_MS = 1500;
-    const outdir = f('series');
-    fs.mkdirSync(outdir, { recursive: true });
-    const child = spawn(STRESS, ['series', MODULES, outdir, 'kms:local/rsa', '14'], {
-      env: { ...ctx.env, KMSBRIDGE_TIMEOUT_MS: String(TIMEOUT_MS) }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-    const killTimer = setTimeout(() => child.kill('SIGKILL'), 60000); // a hang is a failure, not a stuck run
-    const signedSoFar = () => Number([...out.matchAll(/progress signed=(\d+)/g)].pop()?.[1] ?? 0);
-    let stopped = null;
-    try {
-      for (let i = 0; i < 100 && signedSoFar() < 50; i++) await sleep(50);
-      t.ok(signedSoFar() >= 50, `signing before the fault: ${out.slice(-500)}`);
+  t.test(
+    'the agent killed mid-run, then stopped, then back: each call fails clearly within its timeout, signing recovers in-process, the next command works',
+    { skip: fs.existsSync(STRESS) ? false : `${STRESS} is not built (make -C src-native tests)` },
+    async (t) => {
+      // One process signs back to back (C harness, OSSL_STORE + EVP_DigestSign)
+      // while the agent is SIGKILLed and restarted, then SIGSTOPped and resumed.
+      const TIMEOUT_MS = 1500;
+      const outdir = f('series');
+      fs.mkdirSync(outdir, { recursive: true });
+      const child = spawn(STRESS, ['series', MODULES, outdir, 'kms:local/rsa', '14'], {
+        env: { ...ctx.env, KMSBRIDGE_TIMEOUT_MS: String(TIMEOUT_MS) },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.stderr.on('data', (d) => (out += d));
+      const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+      const killTimer = setTimeout(() => child.kill('SIGKILL'), 60000); // a hang is a failure, not a stuck run
+      const signedSoFar = () => Number([...out.matchAll(/progress signed=(\d+)/g)].pop()?.[1] ?? 0);
+      let stopped = null;
+      try {
+        for (let i = 0; i < 100 && signedSoFar() < 50; i++) await sleep(50);
+        t.ok(signedSoFar() >= 50, `signing before the fault: ${out.slice(-500)}`);
 
-      // SIGKILL: no goodbye, the socket file stays behind.
-      const agent = ctx.agent;
-      ctx.agent = null;
-      const gone = new Promise((r) => agent.once('exit', r));
-      agent.kill('SIGKILL');
-      await gone;
-      await sleep(800);
-      await ctx.startAgent();
-      t.ok(await waitListening(ctx.sock), 'the agent is back');
-      const before = signedSoFar();
-      for (let i = 0; i < 100 && signedSoFar() <= before + 20; i++) await sleep(50);
+        // SIGKILL: no goodbye, the socket file stays behind.
+        const agent = ctx.agent;
+        ctx.agent = null;
+        const gone = new Promise((r) => agent.once('exit', r));
+        agent.kill('SIGKILL');
+        await gone;
+        await sleep(800);
+        await ctx.startAgent();
+        t.ok(await waitListening(ctx.sock), 'the agent is back');
+        const before = signedSoFar();
+        for (let i = 0; i < 100 && signedSoFar() <= before + 20; i++) await sleep(50);
 
-      // SIGSTOP: the agent accepts connections but answers nothing.
-      stopped = ctx.agent.pid;
-      process.kill(stopped, 'SIGSTOP');
-      await sleep(2 * TIMEOUT_MS + 500);
-      process.kill(stopped, 'SIGCONT');
-      stopped = null;
-    } finally {
-      if (stopped !== null) process.kill(stopped, 'SIGCONT');
-    }
-    const { code, signal } = await exited;
-    clearTimeout(killTimer);
+        // SIGSTOP: the agent accepts connections but answers nothing.
+        stopped = ctx.agent.pid;
+        process.kill(stopped, 'SIGSTOP');
+        await sleep(2 * TIMEOUT_MS + 500);
+        process.kill(stopped, 'SIGCONT');
+        stopped = null;
+      } finally {
+        if (stopped !== null) process.kill(stopped, 'SIGCONT');
+      }
+      const { code, signal } = await exited;
+      clearTimeout(killTimer);
 
-    const summary = /summary mode=series signed=(\d+) failed=(\d+) max_fail_ms=(\d+) ok_after_last_failure=(\d+)/.exec(out);
-    t.ok(summary, `the harness finished normally (exit ${code}, signal ${signal}): ${out.slice(-2000)}`);
-    t.equal(signal, null, 'no crash');
-    t.equal(code, 0, 'signing recovered after every fault');
-    if (summary) {
-      const [, , failed, maxFail, okAfter] = summary.map(Number);
-      t.ok(failed > 0, `calls failed while the agent was gone (${failed})`);
-      // The connect+HELLO timeout (5 s by default) bounds a call to a stopped agent.
-      t.ok(maxFail < 5000 + 1500, `each failure came back within its timeout (slowest: ${maxFail} ms)`);
-      t.ok(okAfter > 10, `signed again afterwards (${okAfter})`);
-    }
-    const fails = out.split('\n').filter((l) => l.startsWith('fail '));
-    const clear = new RegExp(`kmsbridge: (the connection to the kmsbridge agent at ${ctx.sock} broke|cannot reach the kmsbridge agent at ${ctx.sock}|the kmsbridge agent at ${ctx.sock} did not answer within \\d+ ms|connecting to the kmsbridge agent at ${ctx.sock} timed out)`);
-    t.ok(fails.length > 0 && fails.every((l) => clear.test(l)), `every failure says what happened and names the socket:\n${fails.slice(0, 5).join('\n')}`);
-    t.ok(fails.some((l) => /cannot reach the kmsbridge agent .*kmsbridge agent`/.test(l)), 'while the agent is dead: how to start it');
-    t.ok(fails.some((l) => new RegExp(`did not answer within ${TIMEOUT_MS} ms|did not answer within 5000 ms`).test(l)), 'while it is stopped: the timeout');
+      const summary = /summary mode=series signed=(\d+) failed=(\d+) max_fail_ms=(\d+) ok_after_last_failure=(\d+)/.exec(out);
+      t.ok(summary, `the harness finished normally (exit ${code}, signal ${signal}): ${out.slice(-2000)}`);
+      t.equal(signal, null, 'no crash');
+      t.equal(code, 0, 'signing recovered after every fault');
+      if (summary) {
+        const [, , failed, maxFail, okAfter] = summary.map(Number);
+        t.ok(failed > 0, `calls failed while the agent was gone (${failed})`);
+        // The connect+HELLO timeout (5 s by default) bounds a call to a stopped agent.
+        t.ok(maxFail < 5000 + 1500, `each failure came back within its timeout (slowest: ${maxFail} ms)`);
+        t.ok(okAfter > 10, `signed again afterwards (${okAfter})`);
+      }
+      const fails = out.split('\n').filter((l) => l.startsWith('fail '));
+      const clear = new RegExp(
+        `kmsbridge: (the connection to the kmsbridge agent at ${ctx.sock} broke|cannot reach the kmsbridge agent at ${ctx.sock}|the kmsbridge agent at ${ctx.sock} did not answer within \\d+ ms|connecting to the kmsbridge agent at ${ctx.sock} timed out)`,
+      );
+      t.ok(fails.length > 0 && fails.every((l) => clear.test(l)), `every failure says what happened and names the socket:\n${fails.slice(0, 5).join('\n')}`);
+      t.ok(
+        fails.some((l) => /cannot reach the kmsbridge agent .*kmsbridge agent`/.test(l)),
+        'while the agent is dead: how to start it',
+      );
+      t.ok(
+        fails.some((l) => new RegExp(`did not answer within ${TIMEOUT_MS} ms|did not answer within 5000 ms`).test(l)),
+        'while it is stopped: the timeout',
+      );
 
-    // The harness's signatures check out with plain openssl too.
-    const v = openssl(ctx, ['dgst', '-sha256', '-verify', f('rsa.pub.pem'), '-signature', path.join(outdir, 'series.sig'), path.join(outdir, 'series.msg')]);
-    t.equal(v.status, 0, `openssl verifies a harness signature: ${v.stdout}${v.stderr}`);
-    // And a new command works at once.
-    const again = sign('kms:local/web');
-    t.equal(again.status, 0, again.stderr);
-    const ver = openssl(ctx, ['pkeyutl', '-verify', '-pubin', '-inkey', f('web.pub.pem'), '-in', f('msg.sha256'), '-sigfile', f('out.sig')]);
-    t.equal(ver.status, 0, ver.stdout + ver.stderr);
-  });
+      // The harness's signatures check out with plain openssl too.
+      const v = openssl(ctx, ['dgst', '-sha256', '-verify', f('rsa.pub.pem'), '-signature', path.join(outdir, 'series.sig'), path.join(outdir, 'series.msg')]);
+      t.equal(v.status, 0, `openssl verifies a harness signature: ${v.stdout}${v.stderr}`);
+      // And a new command works at once.
+      const again = sign('kms:local/web');
+      t.equal(again.status, 0, again.stderr);
+      const ver = openssl(ctx, ['pkeyutl', '-verify', '-pubin', '-inkey', f('web.pub.pem'), '-in', f('msg.sha256'), '-sigfile', f('out.sig')]);
+      t.equal(ver.status, 0, ver.stdout + ver.stderr);
+    },
+  );
 
   t.test('a wrong keystore passphrase: openssl names the passphrase, exits non-zero, and works once the agent has the right one', async (t) => {
     // A passphrase-protected local keyring served by an agent of its own.
@@ -208,8 +247,8 @@ if (why) {
       a.kill('SIGTERM');
       await done;
     };
-    const signSealed = () => openssl(ctx, ['pkeyutl', '-sign', ...FLAGS, '-inkey', 'kms:sealed/k', '-in', f('msg.sha256'), '-out', path.join(dir, 'k.sig')],
-      { env, timeout: 30000 });
+    const signSealed = () =>
+      openssl(ctx, ['pkeyutl', '-sign', ...FLAGS, '-inkey', 'kms:sealed/k', '-in', f('msg.sha256'), '-out', path.join(dir, 'k.sig')], { env, timeout: 30000 });
 
     const wrong = await startAgent({ ...env, KMSBRIDGE_LOCAL_PASSPHRASE: 'wrong horse' });
     t.match(wrong.log(), /keyring 'sealed' is unusable until this is fixed: wrong passphrase/, 'the agent says so at start');
@@ -225,7 +264,17 @@ if (why) {
     const good = await startAgent(right);
     const ok = signSealed();
     t.equal(ok.status, 0, `with the right passphrase: ${ok.stderr}`);
-    const v = openssl(ctx, ['pkeyutl', '-verify', '-pubin', '-inkey', path.join(dir, 'k.pub.pem'), '-in', f('msg.sha256'), '-sigfile', path.join(dir, 'k.sig')]);
+    const v = openssl(ctx, [
+      'pkeyutl',
+      '-verify',
+      '-pubin',
+      '-inkey',
+      path.join(dir, 'k.pub.pem'),
+      '-in',
+      f('msg.sha256'),
+      '-sigfile',
+      path.join(dir, 'k.sig'),
+    ]);
     t.equal(v.status, 0, v.stdout + v.stderr);
     await stop(good.a);
   });

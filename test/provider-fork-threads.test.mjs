@@ -47,7 +47,10 @@ if (why) {
     });
   }
 
-  for (const [shared, own] of [['web', 'rsa'], ['rsa', 'ec384']]) {
+  for (const [shared, own] of [
+    ['web', 'rsa'],
+    ['rsa', 'ec384'],
+  ]) {
     t.test(`${THREADS} threads × ${N} signatures on the shared key kms:local/${shared} and a kms:local/${own} key of their own`, async (t) => {
       const outdir = f(`threads-${shared}`);
       fs.mkdirSync(outdir);
@@ -56,7 +59,10 @@ if (why) {
       t.equal(r.status, 0, fails.slice(0, 5).join('\n') || r.stdout.slice(-1000));
       t.match(summary, `threads=${THREADS} per_thread=${N} signed=${THREADS * N} failed=0`);
       for (let i = 0; i < THREADS; i++) {
-        for (const [which, key] of [['shared', shared], ['own', own]]) {
+        for (const [which, key] of [
+          ['shared', shared],
+          ['own', own],
+        ]) {
           const v = verified(outdir, `thread-${i}-${which}`, f(`${key}.pub.pem`));
           t.equal(v.status, 0, `openssl verifies thread ${i} (${which}): ${v.stdout}${v.stderr}`);
         }

@@ -125,7 +125,7 @@ export function keyRefPem(uri) {
 export function ways(ctx) {
   return {
     flags: (name) => ({ pre: FLAGS, env: ctx.env, key: `kms:local/${name}` }),
-    'OPENSSL_CONF': (name) => ({ pre: [], env: { ...ctx.env, OPENSSL_CONF: ctx.conf }, key: `kms:local/${name}` }),
+    OPENSSL_CONF: (name) => ({ pre: [], env: { ...ctx.env, OPENSSL_CONF: ctx.conf }, key: `kms:local/${name}` }),
     'key-reference PEM': (name) => ({ pre: FLAGS, env: ctx.env, key: ctx.file(`${name}.ref.pem`) }),
   };
 }

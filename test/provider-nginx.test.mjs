@@ -30,7 +30,9 @@ function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-const why = missing() ?? (haveNginx() ? null : 'nginx is not installed (nginx-light)') ??
+const why =
+  missing() ??
+  (haveNginx() ? null : 'nginx is not installed (nginx-light)') ??
   (spawnSync('curl', ['--version']).status === 0 ? null : 'curl is not installed') ??
   (process.getuid?.() === 0 ? null : 'nginx workers run as root here; run as root');
 
@@ -44,14 +46,53 @@ if (why) {
   const ok = (t, r, what) => t.equal(r.status, 0, `${what}: ${r.stderr}`);
 
   // A CA and one certificate per key, all signed through the provider.
-  ok(t, openssl(ctx, ['req', '-x509', ...FLAGS, '-key', 'kms:local/rsa', '-subj', '/CN=kms nginx CA', '-days', '30',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-out', f('ca.pem')]), 'CA');
+  ok(
+    t,
+    openssl(ctx, [
+      'req',
+      '-x509',
+      ...FLAGS,
+      '-key',
+      'kms:local/rsa',
+      '-subj',
+      '/CN=kms nginx CA',
+      '-days',
+      '30',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+      '-out',
+      f('ca.pem'),
+    ]),
+    'CA',
+  );
   fs.writeFileSync(f('san.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
   const KEYS = { ec: 'web', rsa: 'rsa' };
   for (const [name, key] of Object.entries(KEYS)) {
     ok(t, openssl(ctx, ['req', '-new', ...FLAGS, '-key', `kms:local/${key}`, '-subj', '/CN=localhost', '-out', f(`${name}.csr`)]), `${name} CSR`);
-    ok(t, openssl(ctx, ['x509', '-req', ...FLAGS, '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', 'kms:local/rsa', '-CAcreateserial',
-      '-days', '30', '-extfile', f('san.ext'), '-out', f(`${name}.crt`)]), `${name} certificate`);
+    ok(
+      t,
+      openssl(ctx, [
+        'x509',
+        '-req',
+        ...FLAGS,
+        '-in',
+        f(`${name}.csr`),
+        '-CA',
+        f('ca.pem'),
+        '-CAkey',
+        'kms:local/rsa',
+        '-CAcreateserial',
+        '-days',
+        '30',
+        '-extfile',
+        f('san.ext'),
+        '-out',
+        f(`${name}.crt`),
+      ]),
+      `${name} certificate`,
+    );
     // The key file nginx reads, written by the CLI a user would run.
     ok(t, ctx.kb('keyref', `kms:local/${key}`, '-o', f(`${name}.key.pem`)), `${name} keyref`);
   }
@@ -70,7 +111,9 @@ if (why) {
     ssl_certificate_key ${f(`${name}.key.pem`)};
     location / { return 200 "${name} $pid\\n"; }
   }`;
-  fs.writeFileSync(`${prefix}/nginx.conf`, `
+  fs.writeFileSync(
+    `${prefix}/nginx.conf`,
+    `
 # Workers run as root like the test: the agent socket is private to its user.
 user root;
 worker_processes ${WORKERS};
@@ -94,7 +137,8 @@ http {
 ${server('ec')}
 ${server('rsa')}
 }
-`);
+`,
+  );
 
   // Only OPENSSL_CONF points nginx at kmsbridge: no flags, and no
   // KMSBRIDGE_AGENT_SOCK either — the socket comes from the generated file.
@@ -103,7 +147,8 @@ ${server('rsa')}
   const nginxEnv = { ...ctx.env, OPENSSL_CONF: f('openssl-app.cnf'), KMSBRIDGE_DEBUG: debugLog };
   delete nginxEnv.KMSBRIDGE_AGENT_SOCK;
   const master = spawn('nginx', ['-p', prefix, '-c', `${prefix}/nginx.conf`, '-g', 'daemon off; master_process on;'], {
-    env: nginxEnv, stdio: ['ignore', 'pipe', 'pipe'],
+    env: nginxEnv,
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
   master.stdout.on('data', (d) => (out += d));
@@ -143,18 +188,33 @@ ${server('rsa')}
   t.test(`nginx starts ${WORKERS} workers with kms keys from key-reference PEMs, OPENSSL_CONF only`, async (t) => {
     const started = Date.now();
     while (workerPids().length < WORKERS && master.exitCode === null && Date.now() - started < 15000) await sleep(50);
-    t.ok(master.exitCode === null && (await listening(ports.ec)) && (await listening(ports.rsa)),
-      `nginx listens: ${out}\n${errorLog()}`);
+    t.ok(master.exitCode === null && (await listening(ports.ec)) && (await listening(ports.rsa)), `nginx listens: ${out}\n${errorLog()}`);
     t.equal(workerPids().length, WORKERS, 'all workers forked');
   });
 
   // One curl, many connections: URL globbing makes HANDSHAKES requests, up to
   // 8 at once; keepalive_timeout 0 gives each its own TLS connection.
   const fetchMany = (name, version, n = HANDSHAKES) => {
-    const r = spawnSync('curl', ['-sS', '--cacert', f('ca.pem'), `--tlsv${version}`, '--tls-max', version,
-      '--resolve', `localhost:${ports[name]}:127.0.0.1`, '--parallel', '--parallel-max', '8',
-      '-w', '%{http_code} %{ssl_verify_result} %{num_connects}\n', `https://localhost:${ports[name]}/[1-${n}]`],
-    { encoding: 'utf8', timeout: 120000 });
+    const r = spawnSync(
+      'curl',
+      [
+        '-sS',
+        '--cacert',
+        f('ca.pem'),
+        `--tlsv${version}`,
+        '--tls-max',
+        version,
+        '--resolve',
+        `localhost:${ports[name]}:127.0.0.1`,
+        '--parallel',
+        '--parallel-max',
+        '8',
+        '-w',
+        '%{http_code} %{ssl_verify_result} %{num_connects}\n',
+        `https://localhost:${ports[name]}/[1-${n}]`,
+      ],
+      { encoding: 'utf8', timeout: 120000 },
+    );
     const lines = r.stdout.split('\n').filter(Boolean);
     const served = lines.filter((l) => l.startsWith(`${name} `)).map((l) => Number(l.split(' ')[1]));
     const status = lines.filter((l) => /^\d{3} /.test(l));
@@ -168,11 +228,16 @@ ${server('rsa')}
         const { r, served, status } = fetchMany(name, version);
         t.equal(r.status, 0, `curl exit status: ${r.stderr}\n${errorLog().slice(-2000)}`);
         t.equal(served.length, HANDSHAKES, 'every request answered by a worker');
-        t.ok(status.length === HANDSHAKES && status.every((s) => s === '200 0 1'),
-          'every response 200, certificate verified by curl, on a connection of its own');
+        t.ok(
+          status.length === HANDSHAKES && status.every((s) => s === '200 0 1'),
+          'every response 200, certificate verified by curl, on a connection of its own',
+        );
         const workers = new Set(served);
         for (const pid of workers) allSeen.add(pid);
-        t.ok([...workers].every((pid) => workerPids().includes(pid)), 'answered by the forked workers, not the master');
+        t.ok(
+          [...workers].every((pid) => workerPids().includes(pid)),
+          'answered by the forked workers, not the master',
+        );
         t.equal(workers.size, WORKERS, `all ${WORKERS} workers signed (saw ${[...workers].join(', ')})`);
       });
     }
@@ -187,13 +252,20 @@ ${server('rsa')}
     const { r, served, status } = fetchMany('rsa', '1.3', 40);
     t.equal(r.status, 0, r.stderr);
     t.equal(served.length, 40);
-    t.ok(status.every((s) => s === '200 0 1'), 'all verified');
+    t.ok(
+      status.every((s) => s === '200 0 1'),
+      'all verified',
+    );
     t.equal(new Set(served).size, WORKERS, 'every worker works again');
   });
 
   t.test(`nginx with ${WORKERS} workers under 30 s of wrk load: every request a full handshake signed by kms keys, no error, no deadlock`, async (t) => {
     const seconds = Number(process.env.KMSBRIDGE_NGINX_LOAD_SECONDS ?? 30);
-    const signs = () => fs.readFileSync(debugLog, 'utf8').split('\n').filter((l) => /-> SIGN /.test(l)).length;
+    const signs = () =>
+      fs
+        .readFileSync(debugLog, 'utf8')
+        .split('\n')
+        .filter((l) => /-> SIGN /.test(l)).length;
     const before = signs();
     // Connection: close makes every request a new connection, so a new handshake and a new signature.
     const r = spawnSync('wrk', ['-t2', '-c8', `-d${seconds}s`, '--timeout', '10s', '-H', 'Connection: close', `https://127.0.0.1:${ports.ec}/`], {

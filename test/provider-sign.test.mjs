@@ -29,7 +29,12 @@ if (why) {
         t.equal(v.status, 0, v.stdout + v.stderr);
       });
 
-      for (const [name, md] of [['ec384', 'sha384'], ['ec521', 'sha512'], ['rsa', 'sha256'], ['web', 'sha384']]) {
+      for (const [name, md] of [
+        ['ec384', 'sha384'],
+        ['ec521', 'sha512'],
+        ['rsa', 'sha256'],
+        ['web', 'sha384'],
+      ]) {
         t.test(`dgst -${md} -sign with ${name}`, async (t) => {
           const s = sign(name, ['dgst', `-${md}`, '-sign', '@KEY', '-out', f(`${name}.${md}.sig`), f('msg.txt')]);
           t.equal(s.status, 0, s.stderr);
@@ -41,17 +46,58 @@ if (why) {
       t.test('pkeyutl -sign RSA PKCS#1 v1.5', async (t) => {
         const s = sign('rsa', ['pkeyutl', '-sign', '-inkey', '@KEY', '-in', f('msg.sha256'), '-out', f('pkcs1.sig'), '-pkeyopt', 'digest:sha256']);
         t.equal(s.status, 0, s.stderr);
-        const v = verify(['pkeyutl', '-verify', '-pubin', '-inkey', f('rsa.pub.pem'), '-in', f('msg.sha256'), '-sigfile', f('pkcs1.sig'), '-pkeyopt', 'digest:sha256']);
+        const v = verify([
+          'pkeyutl',
+          '-verify',
+          '-pubin',
+          '-inkey',
+          f('rsa.pub.pem'),
+          '-in',
+          f('msg.sha256'),
+          '-sigfile',
+          f('pkcs1.sig'),
+          '-pkeyopt',
+          'digest:sha256',
+        ]);
         t.equal(v.status, 0, v.stdout + v.stderr);
       });
 
       for (const salt of ['digest', 'max', 'auto', '20']) {
         t.test(`pkeyutl -sign RSA-PSS, salt length ${salt}`, async (t) => {
-          const s = sign('rsa', ['pkeyutl', '-sign', '-inkey', '@KEY', '-in', f('msg.sha256'), '-out', f(`pss-${salt}.sig`),
-            '-pkeyopt', 'digest:sha256', '-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', `rsa_pss_saltlen:${salt}`]);
+          const s = sign('rsa', [
+            'pkeyutl',
+            '-sign',
+            '-inkey',
+            '@KEY',
+            '-in',
+            f('msg.sha256'),
+            '-out',
+            f(`pss-${salt}.sig`),
+            '-pkeyopt',
+            'digest:sha256',
+            '-pkeyopt',
+            'rsa_padding_mode:pss',
+            '-pkeyopt',
+            `rsa_pss_saltlen:${salt}`,
+          ]);
           t.equal(s.status, 0, s.stderr);
-          const v = verify(['pkeyutl', '-verify', '-pubin', '-inkey', f('rsa.pub.pem'), '-in', f('msg.sha256'), '-sigfile', f(`pss-${salt}.sig`),
-            '-pkeyopt', 'digest:sha256', '-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', `rsa_pss_saltlen:${salt === 'max' || salt === 'auto' ? 'auto' : salt}`]);
+          const v = verify([
+            'pkeyutl',
+            '-verify',
+            '-pubin',
+            '-inkey',
+            f('rsa.pub.pem'),
+            '-in',
+            f('msg.sha256'),
+            '-sigfile',
+            f(`pss-${salt}.sig`),
+            '-pkeyopt',
+            'digest:sha256',
+            '-pkeyopt',
+            'rsa_padding_mode:pss',
+            '-pkeyopt',
+            `rsa_pss_saltlen:${salt === 'max' || salt === 'auto' ? 'auto' : salt}`,
+          ]);
           t.equal(v.status, 0, v.stdout + v.stderr);
         });
       }

@@ -16,7 +16,9 @@ export const MODULES = path.join(ROOT, 'build', 'ossl-modules');
 export const MODULE = path.join(MODULES, 'kmsbridge.so');
 export const KBBENCH = path.join(ROOT, 'build', 'bench', 'kbbench');
 export const SOFTHSM_LIB = '/usr/lib/softhsm/libsofthsm2.so';
-export const LIBP11_ENGINE = ['/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so', '/usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so'].find((p) => fs.existsSync(p));
+export const LIBP11_ENGINE = ['/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so', '/usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so'].find((p) =>
+  fs.existsSync(p),
+);
 const HSM_PIN = '246810';
 const HSM_LABEL = 'kmsbridge-bench';
 // Ed25519 keys live on a token of their own: libp11 0.4.12 cannot enumerate a
@@ -229,7 +231,9 @@ export async function setup(algs, progress) {
       await runAsync('openssl', ['req', '-new', '-x509', '-key', pem, '-subj', '/CN=localhost', '-days', '30', '-out', file(`${a.name}.crt`)], { env });
       const localUri = (await runAsync(process.execPath, [CLI, 'keys', 'create', a.name, '--keyring', 'local', '--type', a.spec], { env })).trim();
       const token = a.spec === 'ed25519' ? HSM_ED_LABEL : HSM_LABEL;
-      const hsmUri = (await runAsync(process.execPath, [CLI, 'keys', 'create', a.name, '--keyring', a.spec === 'ed25519' ? 'hsmed' : 'hsm', '--type', a.spec], { env })).trim();
+      const hsmUri = (
+        await runAsync(process.execPath, [CLI, 'keys', 'create', a.name, '--keyring', a.spec === 'ed25519' ? 'hsmed' : 'hsm', '--type', a.spec], { env })
+      ).trim();
       for (const [uri, crt] of [
         [localUri, `kms-${a.name}.crt`],
         [hsmUri, `hsm-${a.name}.crt`],

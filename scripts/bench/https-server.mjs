@@ -38,10 +38,15 @@ if (processes <= 1) {
   process.on('SIGTERM', () => process.exit(0));
 } else if (cluster.isPrimary) {
   const workers = Array.from({ length: processes }, () => cluster.fork());
-  const ports = await Promise.all(workers.map((w) => new Promise((resolve, reject) => {
-    w.once('message', (m) => resolve(m.port));
-    w.once('exit', (code) => reject(new Error(`a cluster worker exited (${code})`)));
-  })));
+  const ports = await Promise.all(
+    workers.map(
+      (w) =>
+        new Promise((resolve, reject) => {
+          w.once('message', (m) => resolve(m.port));
+          w.once('exit', (code) => reject(new Error(`a cluster worker exited (${code})`)));
+        }),
+    ),
+  );
   console.log(JSON.stringify({ port: ports[0], pids: [process.pid, ...workers.map((w) => w.process.pid)] }));
   process.on('SIGTERM', () => {
     for (const w of workers) w.process.kill('SIGTERM');

@@ -25,15 +25,19 @@ if (what === 'keys') {
   const digest = crypto.createHash('sha256').update('x').digest();
   const each = async (fn) => {
     let next = 0;
-    await Promise.all(clients.map(async (c) => {
-      for (let i = next++; i < count; i = next++) await fn(c, i);
-    }));
+    await Promise.all(
+      clients.map(async (c) => {
+        for (let i = next++; i < count; i = next++) await fn(c, i);
+      }),
+    );
   };
-  await each((c, i) => c.request(MsgType.CREATE, [
-    { tag: Tag.KEYRING, value: keyring },
-    { tag: Tag.NAME, value: `k${i}` },
-    { tag: Tag.KEY_SPEC, value: 'ec-p256' },
-  ]));
+  await each((c, i) =>
+    c.request(MsgType.CREATE, [
+      { tag: Tag.KEYRING, value: keyring },
+      { tag: Tag.NAME, value: `k${i}` },
+      { tag: Tag.KEY_SPEC, value: 'ec-p256' },
+    ]),
+  );
   await each(async (c, i) => {
     const uri = `kms:${keyring}/k${i}`;
     await c.request(MsgType.DESCRIBE, [{ tag: Tag.URI, value: uri }]);

@@ -64,6 +64,15 @@ const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
 lat.sort((a, b) => a - b);
 const q = (p) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(lat.length * p))] / 1000 : 0);
 console.log(
-  JSON.stringify({ mode: 'node-sign', threads: concurrency, ops, seconds: elapsed, opsPerSec: ops / elapsed, samples: lat.length, latUsMedian: q(0.5), latUsP99: q(0.99) }),
+  JSON.stringify({
+    mode: 'node-sign',
+    threads: concurrency,
+    ops,
+    seconds: elapsed,
+    opsPerSec: ops / elapsed,
+    samples: lat.length,
+    latUsMedian: q(0.5),
+    latUsP99: q(0.99),
+  }),
 );
 await kb?.close();

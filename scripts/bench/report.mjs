@@ -22,7 +22,9 @@ function vs(row, variant, base, metric) {
 }
 
 function table(header, lines) {
-  return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? ':--' : '--:')).join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
+  return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? ':--' : '--:')).join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`)].join(
+    '\n',
+  );
 }
 
 function cellText(row, v, base, metric, scale = 1) {
@@ -36,7 +38,9 @@ function cellText(row, v, base, metric, scale = 1) {
 
 function skipped(results) {
   const seen = new Map();
-  for (const row of results.rows) for (const [v, c] of Object.entries(row.cells)) if (c.error && !seen.has(`${v}: ${c.error}`)) seen.set(`${v}: ${c.error}`, `${results.variants[v] ?? v}: ${c.error}`);
+  for (const row of results.rows)
+    for (const [v, c] of Object.entries(row.cells))
+      if (c.error && !seen.has(`${v}: ${c.error}`)) seen.set(`${v}: ${c.error}`, `${results.variants[v] ?? v}: ${c.error}`);
   return [...seen.values()];
 }
 
@@ -58,7 +62,8 @@ export function goals(results) {
     const t = row.key.alg === 'RSA-2048' ? 0.9 : 0.5;
     add(`signs/s ${row.key.alg} (1 thread), provider ÷ file ≥ ${t}`, vs(row, 'provider', 'file', 'opsPerSec'), t, true);
   }
-  for (const row of rowsOf(results, 'pkeyutl')) add(`pkeyutl ${row.key.alg} time per command, provider ÷ file ≤ 1.2`, vs(row, 'provider', 'file', 'latUsMedian'), 1.2, false);
+  for (const row of rowsOf(results, 'pkeyutl'))
+    add(`pkeyutl ${row.key.alg} time per command, provider ÷ file ≤ 1.2`, vs(row, 'provider', 'file', 'latUsMedian'), 1.2, false);
   for (const row of rowsOf(results, 'tls').filter((r) => r.key.server === 'node')) {
     add(`Node TLS ${row.key.tls} ${row.key.alg} handshakes/s, in-process ÷ PEM ≥ 0.9`, vs(row, 'node-keyref', 'node-pem', 'perSec'), 0.9, true);
   }
@@ -75,7 +80,8 @@ export function goals(results) {
   for (const row of rowsOf(results, 'sign').filter((r) => r.key.threads === 1)) {
     add(`signs/s ${row.key.alg} (1 thread), kmsbridge → SoftHSM2 ÷ libp11 ≥ 1`, vs(row, 'hsm', 'libp11', 'opsPerSec'), 1, true, 'ratio', true);
   }
-  for (const row of rowsOf(results, 'pkeyutl')) add(`pkeyutl ${row.key.alg}, kmsbridge → SoftHSM2 ÷ libp11 ≤ 1`, vs(row, 'hsm', 'libp11', 'latUsMedian'), 1, false);
+  for (const row of rowsOf(results, 'pkeyutl'))
+    add(`pkeyutl ${row.key.alg}, kmsbridge → SoftHSM2 ÷ libp11 ≤ 1`, vs(row, 'hsm', 'libp11', 'latUsMedian'), 1, false);
   for (const row of rowsOf(results, 'tls').filter((r) => r.key.server === 's_server')) {
     add(`s_server TLS ${row.key.tls} ${row.key.alg}, kmsbridge → SoftHSM2 ÷ libp11 ≥ 1`, vs(row, 'hsm', 'libp11', 'perSec'), 1, true);
   }
@@ -113,11 +119,17 @@ export function markdown(results) {
     const base = (v) => (v === 'node-kms' ? 'node-pem' : 'file');
     parts.push(
       `## 1. Signatures per second (ratio to the PEM file key; (d) to Node with a PEM key)\n\nEVP_PKEY_sign (EVP_DigestSign for Ed25519) on a key loaded through OSSL_STORE (ENGINE_load_private_key for the engines), a new EVP_PKEY_CTX per signature, ${p.signSeconds} s per figure; PKCS#1 v1.5 for RSA, SHA-256 (SHA-384 for P-384). Node: crypto.sign; with N > 1, N callback-style calls in flight on a libuv pool of N + 4 threads.\n\n` +
-        table(hdr, sign.map((row) => [`${row.key.alg} × ${row.key.threads}`, ...vs1.map((v) => cellText(row, v, base(v), 'opsPerSec'))])),
+        table(
+          hdr,
+          sign.map((row) => [`${row.key.alg} × ${row.key.threads}`, ...vs1.map((v) => cellText(row, v, base(v), 'opsPerSec'))]),
+        ),
     );
     parts.push(
       `### µs per signature (median latency of one call; ratio to the PEM file key)\n\n` +
-        table(hdr, sign.map((row) => [`${row.key.alg} × ${row.key.threads}`, ...vs1.map((v) => cellText(row, v, base(v), 'latUsMedian'))])),
+        table(
+          hdr,
+          sign.map((row) => [`${row.key.alg} × ${row.key.threads}`, ...vs1.map((v) => cellText(row, v, base(v), 'latUsMedian'))]),
+        ),
     );
   }
   const pk = rowsOf(results, 'pkeyutl');
@@ -125,7 +137,10 @@ export function markdown(results) {
     const vs2 = ['file', 'provider', 'engine', 'hsm', 'libp11'];
     parts.push(
       `## 2. \`openssl pkeyutl -sign\`, ms per command (process start included; ratio to the PEM file key)\n\n${p.pkeyutlCount} commands per round, median.\n\n` +
-        table(['key', ...vs2.map((v) => V[v])], pk.map((row) => [row.key.alg, ...vs2.map((v) => cellText(row, v, 'file', 'latUsMedian', 0.001))])),
+        table(
+          ['key', ...vs2.map((v) => V[v])],
+          pk.map((row) => [row.key.alg, ...vs2.map((v) => cellText(row, v, 'file', 'latUsMedian', 0.001))]),
+        ),
     );
   }
   const tls = rowsOf(results, 'tls');
@@ -140,13 +155,22 @@ export function markdown(results) {
       const label = (row) => `${row.key.tls}, ${row.key.alg}`;
       parts.push(
         `## 3. Full TLS handshakes per second: ${title} (ratio to ${V[base]})\n\nNew connection and full handshake each time (no session, no ticket, no CA store), ${p.tlsThreads} client threads, ${p.tlsSeconds} s per figure.\n\n` +
-          table(hdr, rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, base, 'perSec'))])),
+          table(
+            hdr,
+            rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, base, 'perSec'))]),
+          ),
       );
       parts.push(
         `### CPU µs per handshake: server process + agent (ratio to ${V[base]})\n\n` +
-          table(hdr, rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, base, 'totalCpuUs'))])) +
+          table(
+            hdr,
+            rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, base, 'totalCpuUs'))]),
+          ) +
           `\n\n### CPU µs per handshake: server process only\n\n` +
-          table(hdr, rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, null, 'serverCpuUs'))])),
+          table(
+            hdr,
+            rs.map((row) => [label(row), ...vars.map((v) => cellText(row, v, null, 'serverCpuUs'))]),
+          ),
       );
     }
   }
@@ -157,11 +181,19 @@ export function markdown(results) {
       if (!c || c.error) return [name, 'skipped¹', '', ''];
       const med = pick(c, 'latUsMedian').filter(Number.isFinite);
       const p99 = pick(c, 'latUsP99').filter(Number.isFinite);
-      return [name, `${fmt(summarize(med).median)} [${fmt(Math.min(...med))}–${fmt(Math.max(...med))}]`, `${fmt(summarize(p99).median)} [${fmt(Math.min(...p99))}–${fmt(Math.max(...p99))}]`, String(p.pingCount)];
+      return [
+        name,
+        `${fmt(summarize(med).median)} [${fmt(Math.min(...med))}–${fmt(Math.max(...med))}]`,
+        `${fmt(summarize(p99).median)} [${fmt(Math.min(...p99))}–${fmt(Math.max(...p99))}]`,
+        String(p.pingCount),
+      ];
     };
     parts.push(
       `## 4. The channel itself: a no-op (PING) round trip, µs\n\nMedian over rounds of each round's median and p99 [min–max of those].\n\n` +
-        table(['channel', 'median µs', 'p99 µs', 'calls per round'], [line('agent', 'agent socket (kbbench → channel_agent.c → agent)'), line('napi', 'N-API bridge (main thread → KeyService worker, channelPing)')]),
+        table(
+          ['channel', 'median µs', 'p99 µs', 'calls per round'],
+          [line('agent', 'agent socket (kbbench → channel_agent.c → agent)'), line('napi', 'N-API bridge (main thread → KeyService worker, channelPing)')],
+        ),
     );
   }
   const slow = rowsOf(results, 'slow');
@@ -170,7 +202,12 @@ export function markdown(results) {
       `## 5. Slow key managers: Node https handshakes per second (P-256, TLS 1.3) with \`inject_latency_ms\`\n\nOne process against node:cluster with ${p.slowProcesses} processes, each calling kmsbridge.load() (docs/node-scaling.md); ${p.slowSeconds} s per figure, ${p.slowRounds} round(s); ratio: cluster ÷ one process.\n\n` +
         table(
           ['latency, concurrent clients', 'one process', `cluster × ${p.slowProcesses}`, 'one process: CPU µs/handshake'],
-          slow.map((row) => [`${row.key.latencyMs} ms, ${row.key.clients}`, cellText(row, 'single', null, 'perSec'), cellText(row, 'cluster', 'single', 'perSec'), cellText(row, 'single', null, 'serverCpuUs')]),
+          slow.map((row) => [
+            `${row.key.latencyMs} ms, ${row.key.clients}`,
+            cellText(row, 'single', null, 'perSec'),
+            cellText(row, 'cluster', 'single', 'perSec'),
+            cellText(row, 'single', null, 'serverCpuUs'),
+          ]),
         ),
     );
   }
@@ -183,7 +220,10 @@ export function markdown(results) {
           ['process', 'RSS'],
           [
             ['agent, empty keyring', mib(m.agentEmptyRssKiB)],
-            [`agent after ${m.agentKeys ?? '?'} keys created, described and used once`, `${mib(m.agentKeysRssKiB)}${m.agentKeysRssKiB && m.agentEmptyRssKiB ? ` (+${(((m.agentKeysRssKiB - m.agentEmptyRssKiB) * 1024) / (m.agentKeys || 1) / 1024).toFixed(1)} KiB per key)` : ''}${m.agentError ? ` (${m.agentError})` : ''}`],
+            [
+              `agent after ${m.agentKeys ?? '?'} keys created, described and used once`,
+              `${mib(m.agentKeysRssKiB)}${m.agentKeysRssKiB && m.agentEmptyRssKiB ? ` (+${(((m.agentKeysRssKiB - m.agentEmptyRssKiB) * 1024) / (m.agentKeys || 1) / 1024).toFixed(1)} KiB per key)` : ''}${m.agentError ? ` (${m.agentError})` : ''}`,
+            ],
             ['agent used by the whole run', mib(m.agentMainRssKiB)],
             ['Node (https, crypto imported)', mib(m.node_plain_RssKiB)],
             ['Node + the addon loaded (provider registered)', mib(m.node_require_RssKiB)],
@@ -212,7 +252,19 @@ export function readmeBlock(results) {
 
 // ---- the chart --------------------------------------------------------------------------
 
-const COLORS = { file: '#777', provider: '#1f77b4', engine: '#17becf', hsm: '#2ca02c', libp11: '#d62728', 'node-pem': '#999', 'node-kms': '#9467bd', 'node-agent': '#1f77b4', 'node-engine': '#17becf', 'node-keyref': '#9467bd', 'node-pkcs11': '#d62728' };
+const COLORS = {
+  file: '#777',
+  provider: '#1f77b4',
+  engine: '#17becf',
+  hsm: '#2ca02c',
+  libp11: '#d62728',
+  'node-pem': '#999',
+  'node-kms': '#9467bd',
+  'node-agent': '#1f77b4',
+  'node-engine': '#17becf',
+  'node-keyref': '#9467bd',
+  'node-pkcs11': '#d62728',
+};
 
 function esc(s) {
   return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -222,12 +274,18 @@ function esc(s) {
 export function svg(results) {
   const groups = [];
   for (const row of rowsOf(results, 'sign').filter((r) => r.key.threads === 1)) {
-    groups.push({ title: `signs/s ${row.key.alg}, 1 thread`, bars: ['provider', 'engine', 'hsm', 'libp11', 'node-kms'].map((v) => [v, vs(row, v, v === 'node-kms' ? 'node-pem' : 'file', 'opsPerSec')]) });
+    groups.push({
+      title: `signs/s ${row.key.alg}, 1 thread`,
+      bars: ['provider', 'engine', 'hsm', 'libp11', 'node-kms'].map((v) => [v, vs(row, v, v === 'node-kms' ? 'node-pem' : 'file', 'opsPerSec')]),
+    });
   }
   for (const row of rowsOf(results, 'tls')) {
     const node = row.key.server === 'node';
     const vars = node ? ['node-agent', 'node-engine', 'node-keyref', 'node-pkcs11'] : ['provider', 'engine', 'hsm', 'libp11'];
-    groups.push({ title: `${node ? 'Node https' : 's_server'} TLS ${row.key.tls} ${row.key.alg} handshakes/s`, bars: vars.map((v) => [v, vs(row, v, node ? 'node-pem' : 'file', 'perSec')]) });
+    groups.push({
+      title: `${node ? 'Node https' : 's_server'} TLS ${row.key.tls} ${row.key.alg} handshakes/s`,
+      bars: vars.map((v) => [v, vs(row, v, node ? 'node-pem' : 'file', 'perSec')]),
+    });
   }
   const W = 980;
   const left = 330;
@@ -253,7 +311,10 @@ export function svg(results) {
     y += 22;
   }
   const ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2];
-  const axis = ticks.map((t) => `<line x1="${x(t).toFixed(1)}" x2="${x(t).toFixed(1)}" y1="40" y2="${y}" stroke="${t === 1 ? '#000' : '#ddd'}"/><text x="${x(t).toFixed(1)}" y="34" text-anchor="middle">${t}×</text>`);
+  const axis = ticks.map(
+    (t) =>
+      `<line x1="${x(t).toFixed(1)}" x2="${x(t).toFixed(1)}" y1="40" y2="${y}" stroke="${t === 1 ? '#000' : '#ddd'}"/><text x="${x(t).toFixed(1)}" y="34" text-anchor="middle">${t}×</text>`,
+  );
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${y + 30}" font-family="sans-serif" font-size="11">`,
     `<rect width="100%" height="100%" fill="#fff"/>`,

@@ -29,8 +29,14 @@ for (const line of text.split('\n')) {
 if (corpora.wire.length === 0) throw new Error('no frames in wire-vectors.txt');
 
 // ---- URIs: those in the vectors and the documented forms ----
-const uris = new Set(['kms:local/web', 'kms:hsm/id=01;label=web', 'kms:aws/alias/prod-tls',
-  'kms:aws/arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab', 'kms:a/b', `kms:r/${'k'.repeat(4090)}`]);
+const uris = new Set([
+  'kms:local/web',
+  'kms:hsm/id=01;label=web',
+  'kms:aws/alias/prod-tls',
+  'kms:aws/arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+  'kms:a/b',
+  `kms:r/${'k'.repeat(4090)}`,
+]);
 for (const m of text.matchAll(/URI="([^"\\]*)"/g)) uris.add(m[1]);
 
 // the key-reference DER, written from docs/wire-format.md (not by the C code under test)

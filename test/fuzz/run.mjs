@@ -75,7 +75,13 @@ for (const target of targets) {
   console.log(JSON.stringify(result));
   if (code !== 0) {
     failed = true;
-    console.error(log.split('\n').filter((l) => /ERROR|SUMMARY|#\d+ 0x|runtime error|artifact/.test(l)).slice(0, 40).join('\n'));
+    console.error(
+      log
+        .split('\n')
+        .filter((l) => /ERROR|SUMMARY|#\d+ 0x|runtime error|artifact/.test(l))
+        .slice(0, 40)
+        .join('\n'),
+    );
   }
 }
 process.exit(failed ? 1 : 0);

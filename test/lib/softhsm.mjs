@@ -82,7 +82,11 @@ function ecSpkiFromListing(t, token, uri, whyNotExported) {
   const want = (flag) => (sel.includes(flag) ? sel[sel.indexOf(flag) + 1] : undefined);
   const block = listing
     .split(/^(?=Public Key Object)/m)
-    .find((b) => (want('--label') === undefined || b.includes(`label:      ${want('--label')}\n`)) && (want('--id') === undefined || b.includes(`ID:         ${want('--id')}\n`)));
+    .find(
+      (b) =>
+        (want('--label') === undefined || b.includes(`label:      ${want('--label')}\n`)) &&
+        (want('--id') === undefined || b.includes(`ID:         ${want('--id')}\n`)),
+    );
   const point = block && /EC_POINT:\s+([0-9a-f]+)/.exec(block)?.[1];
   const params = block && /EC_PARAMS:\s+([0-9a-f]+)/.exec(block)?.[1];
   if (!point || !params) {

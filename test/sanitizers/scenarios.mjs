@@ -22,7 +22,8 @@ export function freePort() {
  * Returns [{ name, run(t, ctx) }].
  */
 export function scenarios(tool, { quick = false } = {}) {
-  const plain = (ctx, args, opts = {}) => spawnSync('openssl', args, { cwd: ctx.dir, env: ctx.env, encoding: opts.encoding ?? 'utf8', input: opts.input, timeout: 60_000 });
+  const plain = (ctx, args, opts = {}) =>
+    spawnSync('openssl', args, { cwd: ctx.dir, env: ctx.env, encoding: opts.encoding ?? 'utf8', input: opts.input, timeout: 60_000 });
   // runs openssl under the tool; fails the test on a non-zero exit (unless expected) or any finding
   const inst = (t, ctx, args, { expectFail = false, timeout = 300_000 } = {}) => {
     const [exe, argv] = tool.command(args);
@@ -46,8 +47,33 @@ export function scenarios(tool, { quick = false } = {}) {
     {
       name: 'RSA-PSS signature (dgst), verified by plain openssl',
       run: (t, ctx) => {
-        inst(t, ctx, ['dgst', '-sha256', ...tool.flags, '-sign', 'kms:local/rsa', '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-out', f(ctx, 'pss.sig'), f(ctx, 'msg.txt')]);
-        const v = plain(ctx, ['dgst', '-sha256', '-verify', f(ctx, 'rsa.pub.pem'), '-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:digest', '-signature', f(ctx, 'pss.sig'), f(ctx, 'msg.txt')]);
+        inst(t, ctx, [
+          'dgst',
+          '-sha256',
+          ...tool.flags,
+          '-sign',
+          'kms:local/rsa',
+          '-sigopt',
+          'rsa_padding_mode:pss',
+          '-sigopt',
+          'rsa_pss_saltlen:digest',
+          '-out',
+          f(ctx, 'pss.sig'),
+          f(ctx, 'msg.txt'),
+        ]);
+        const v = plain(ctx, [
+          'dgst',
+          '-sha256',
+          '-verify',
+          f(ctx, 'rsa.pub.pem'),
+          '-sigopt',
+          'rsa_padding_mode:pss',
+          '-sigopt',
+          'rsa_pss_saltlen:digest',
+          '-signature',
+          f(ctx, 'pss.sig'),
+          f(ctx, 'msg.txt'),
+        ]);
         t.equal(v.status, 0, v.stdout + v.stderr);
       },
     },
@@ -55,14 +81,38 @@ export function scenarios(tool, { quick = false } = {}) {
       name: 'Ed25519 signature (pkeyutl -rawin), verified by plain openssl',
       run: (t, ctx) => {
         inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-rawin', '-inkey', 'kms:local/ed', '-in', f(ctx, 'msg.txt'), '-out', f(ctx, 'ed.sig')]);
-        const v = plain(ctx, ['pkeyutl', '-verify', '-pubin', '-rawin', '-inkey', f(ctx, 'ed.pub.pem'), '-in', f(ctx, 'msg.txt'), '-sigfile', f(ctx, 'ed.sig')]);
+        const v = plain(ctx, [
+          'pkeyutl',
+          '-verify',
+          '-pubin',
+          '-rawin',
+          '-inkey',
+          f(ctx, 'ed.pub.pem'),
+          '-in',
+          f(ctx, 'msg.txt'),
+          '-sigfile',
+          f(ctx, 'ed.sig'),
+        ]);
         t.equal(v.status, 0, v.stdout + v.stderr);
       },
     },
     {
       name: 'req -x509 with a key-reference PEM, the certificate verified by plain openssl',
       run: (t, ctx) => {
-        inst(t, ctx, ['req', '-x509', '-new', ...tool.flags, '-key', f(ctx, 'web.ref.pem'), '-subj', '/CN=localhost', '-days', '2', '-out', f(ctx, 'cert.pem')]);
+        inst(t, ctx, [
+          'req',
+          '-x509',
+          '-new',
+          ...tool.flags,
+          '-key',
+          f(ctx, 'web.ref.pem'),
+          '-subj',
+          '/CN=localhost',
+          '-days',
+          '2',
+          '-out',
+          f(ctx, 'cert.pem'),
+        ]);
         const v = plain(ctx, ['verify', '-CAfile', f(ctx, 'cert.pem'), f(ctx, 'cert.pem')]);
         t.equal(v.status, 0, v.stdout + v.stderr);
         const pub = plain(ctx, ['x509', '-in', f(ctx, 'cert.pem'), '-noout', '-pubkey']);
@@ -94,9 +144,37 @@ export function scenarios(tool, { quick = false } = {}) {
       name: 's_server serves one TLS 1.3 handshake to a plain s_client',
       run: async (t, ctx) => {
         if (!fs.existsSync(f(ctx, 'cert.pem')))
-          plain(ctx, ['req', '-x509', '-new', '-provider-path', ctx.modules, '-provider', 'default', '-provider', 'kmsbridge', '-key', 'kms:local/web', '-subj', '/CN=localhost', '-out', f(ctx, 'cert.pem')]);
+          plain(ctx, [
+            'req',
+            '-x509',
+            '-new',
+            '-provider-path',
+            ctx.modules,
+            '-provider',
+            'default',
+            '-provider',
+            'kmsbridge',
+            '-key',
+            'kms:local/web',
+            '-subj',
+            '/CN=localhost',
+            '-out',
+            f(ctx, 'cert.pem'),
+          ]);
         const port = await freePort();
-        const [exe, argv] = tool.command(['s_server', ...tool.flags, '-accept', `127.0.0.1:${port}`, '-key', 'kms:local/web', '-cert', f(ctx, 'cert.pem'), '-naccept', '1', '-tls1_3']);
+        const [exe, argv] = tool.command([
+          's_server',
+          ...tool.flags,
+          '-accept',
+          `127.0.0.1:${port}`,
+          '-key',
+          'kms:local/web',
+          '-cert',
+          f(ctx, 'cert.pem'),
+          '-naccept',
+          '1',
+          '-tls1_3',
+        ]);
         const srv = spawn(exe, argv, { cwd: ctx.dir, env: { ...ctx.env, ...tool.env }, stdio: ['pipe', 'pipe', 'pipe'] });
         let log = '';
         srv.stdout.on('data', (d) => (log += d));
@@ -105,7 +183,11 @@ export function scenarios(tool, { quick = false } = {}) {
         const killer = setTimeout(() => srv.kill('SIGKILL'), 240_000);
         for (let i = 0; i < 2400 && !/ACCEPT/.test(log) && srv.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
         const c = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-CAfile', f(ctx, 'cert.pem'), '-verify_return_error', '-brief'], {
-          cwd: ctx.dir, env: ctx.env, input: 'hello\n', encoding: 'utf8', timeout: 120_000,
+          cwd: ctx.dir,
+          env: ctx.env,
+          input: 'hello\n',
+          encoding: 'utf8',
+          timeout: 120_000,
         });
         t.equal(c.status, 0, c.stderr);
         t.match(c.stderr, /Verification: OK/);
@@ -120,11 +202,18 @@ export function scenarios(tool, { quick = false } = {}) {
     {
       name: 'error paths: unknown key, malformed URI, unsupported digest',
       run: (t, ctx) => {
-        let r = inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/nope', '-in', f(ctx, 'msg.sha256'), '-out', f(ctx, 'x.sig')], { expectFail: true });
+        let r = inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/nope', '-in', f(ctx, 'msg.sha256'), '-out', f(ctx, 'x.sig')], {
+          expectFail: true,
+        });
         t.match(r.stderr, /key not found/);
         inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/', '-in', f(ctx, 'msg.sha256'), '-out', f(ctx, 'x.sig')], { expectFail: true });
         plain(ctx, ['dgst', '-sha1', '-binary', '-out', f(ctx, 'msg.sha1'), f(ctx, 'msg.txt')]);
-        r = inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/web', '-in', f(ctx, 'msg.sha1'), '-out', f(ctx, 'x.sig'), '-pkeyopt', 'digest:sha1'], { expectFail: true });
+        r = inst(
+          t,
+          ctx,
+          ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/web', '-in', f(ctx, 'msg.sha1'), '-out', f(ctx, 'x.sig'), '-pkeyopt', 'digest:sha1'],
+          { expectFail: true },
+        );
         t.match(r.stderr, /sha1/i);
       },
     },
@@ -132,7 +221,9 @@ export function scenarios(tool, { quick = false } = {}) {
       name: 'error path: no agent on the socket',
       run: async (t, ctx) => {
         await ctx.stopAgent();
-        const r = inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/web', '-in', f(ctx, 'msg.sha256'), '-out', f(ctx, 'x.sig')], { expectFail: true });
+        const r = inst(t, ctx, ['pkeyutl', '-sign', ...tool.flags, '-inkey', 'kms:local/web', '-in', f(ctx, 'msg.sha256'), '-out', f(ctx, 'x.sig')], {
+          expectFail: true,
+        });
         t.match(r.stderr, /kmsbridge agent/);
         await ctx.startAgent();
       },
@@ -167,7 +258,14 @@ export async function session(t, { CLI, keyRefPem, extraEnv = {} }) {
     a.stdout.on('data', (d) => (ctx.agentLog += d));
     a.stderr.on('data', (d) => (ctx.agentLog += d));
     for (let i = 0; i < 1200 && a.exitCode === null; i++) {
-      if (fs.existsSync(sock) && (await new Promise((r) => { const s = net.connect(sock, () => (s.destroy(), r(true))); s.on('error', () => r(false)); }))) return;
+      if (
+        fs.existsSync(sock) &&
+        (await new Promise((r) => {
+          const s = net.connect(sock, () => (s.destroy(), r(true)));
+          s.on('error', () => r(false));
+        }))
+      )
+        return;
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error(`the agent did not start: ${ctx.agentLog}`);
