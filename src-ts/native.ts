@@ -57,8 +57,11 @@ export interface NativeAddon {
   }): void;
   /** Ends the grants of one URI, or all of them. */
   revokeGrants(uri?: string): void;
-  /** The agent's side: the reply frame if a grant for this peer covered the SIGN frame, else null. */
-  signGranted(frame: Buffer, pid: number, uid: number, allowRsa: boolean): Buffer | null;
+  /**
+   * The agent's side: the reply frame if a grant for this peer covered the SIGN frame; true if an RSA
+   * grant covers it but allowRsa was false (nothing was run); null if no grant covers it.
+   */
+  signGranted(frame: Buffer, pid: number, uid: number, allowRsa: boolean): Buffer | true | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */

@@ -26,7 +26,9 @@
  *                            uid: the only peer it is for (absent: any
  *                            caller of this process's bridge)
  *   revokeGrants(uri?)       one URI's grants, or all of them
- *   signGranted(frame, pid, uid, allowRsa) -> reply frame | null
+ *   signGranted(frame, pid, uid, allowRsa) -> reply frame | null, or true
+ *                            when an RSA grant covers it but allowRsa is
+ *                            false (the agent asks again if it may)
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -85,18 +87,23 @@ static void grant_free(struct grant *g)
     memset(g, 0, sizeof(*g));
 }
 
+/* Drops grant i; the last one takes its place. */
+static void remove_locked(size_t i)
+{
+    grant_free(&grants[i]);
+    grants[i] = grants[--ngrants];
+    memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
+    atomic_store(&ngrants_hint, ngrants);
+}
+
 static void revoke_locked(const char *uri)
 {
     for (size_t i = 0; i < ngrants;) {
-        if (uri == NULL || strcmp(grants[i].uri, uri) == 0) {
-            grant_free(&grants[i]);
-            grants[i] = grants[--ngrants];
-            memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
-        } else {
+        if (uri == NULL || strcmp(grants[i].uri, uri) == 0)
+            remove_locked(i);
+        else
             i++;
-        }
     }
-    atomic_store(&ngrants_hint, ngrants);
 }
 
 void grants_clear(void)
@@ -134,7 +141,6 @@ static int matches(const struct grant *g, const struct caller *c,
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
     return (g->uid < 0 || (unsigned long)g->uid == c->uid) &&
-           (c->allow_rsa || strncmp(g->algorithm, "rsa", 3) != 0) &&
            string_is(m, KB_TAG_URI, g->uri) &&
            string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
            string_is(m, KB_TAG_DIGEST, g->digest) &&
@@ -209,7 +215,11 @@ static double now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-/* Runs a granted SIGN; returns 1 with the encoded reply in |out|. */
+enum { NOT_GRANTED, ANSWERED, DEFERRED };
+
+/* Runs a granted SIGN: ANSWERED with the encoded reply in |out|, DEFERRED if
+ * an RSA grant covers it but the caller may not run RSA now (the grant stands:
+ * no need to make it again), NOT_GRANTED otherwise. */
 static int sign_granted(const uint8_t *frame, size_t len,
                         const struct caller *c, struct kb_buf *out)
 {
@@ -229,7 +239,9 @@ static int sign_granted(const uint8_t *frame, size_t len,
     for (size_t i = 0; data != NULL && i < ngrants && g == NULL; i++)
         if (matches(&grants[i], c, m, data))
             g = &grants[i];
-    if (g != NULL && file_unchanged(g)) {
+    if (g != NULL && !c->allow_rsa && strncmp(g->algorithm, "rsa", 3) == 0) {
+        done = DEFERRED;
+    } else if (g != NULL && file_unchanged(g)) {
         const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
                               : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
                                                                      : "none";
@@ -244,7 +256,7 @@ static int sign_granted(const uint8_t *frame, size_t len,
             kb_frame_bytes(out, KB_TAG_RESULT, sig, sig_len);
             if (kb_frame_end(out)) {
                 audit(g, c, now_ms() - started);
-                done = 1;
+                done = ANSWERED;
             }
             OPENSSL_clear_free(sig, sig_len);
         }
@@ -259,13 +271,14 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
     struct caller c = {(long)getpid(), (unsigned long)getuid(), 1};
     struct kb_buf out = {0};
     char why[64];
-    int done = sign_granted(req->data, req->len, &c, &out) &&
+    int done = sign_granted(req->data, req->len, &c, &out) == ANSWERED &&
                kb_wire_decode(out.data, out.len, reply, why, sizeof(why));
     kb_buf_free(&out);
     return done;
 }
 
-/* signGranted(frame, pid, uid, allowRsa): the agent's side. */
+/* signGranted(frame, pid, uid, allowRsa) -> reply | true (DEFERRED) | null:
+ * the agent's side. */
 static napi_value sign_granted_js(napi_env env, napi_callback_info info)
 {
     size_t argc = 4;
@@ -284,9 +297,12 @@ static napi_value sign_granted_js(napi_env env, napi_callback_info info)
                            "signGranted(frame, pid, uid, allowRsa)");
     struct caller c = {(long)pid, (unsigned long)uid, allow_rsa};
     struct kb_buf out = {0};
-    if (!sign_granted(frame, len, &c, &out) ||
-        napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
-            napi_ok)
+    int done = sign_granted(frame, len, &c, &out);
+    if (done == DEFERRED)
+        napi_get_boolean(env, true, &result);
+    else if (done != ANSWERED ||
+             napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
+                 napi_ok)
         napi_get_null(env, &result);
     kb_buf_free(&out);
     return result;
@@ -371,9 +387,7 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
             strcmp(o->algorithm, g.algorithm) == 0 &&
             strcmp(o->digest, g.digest) == 0 && strcmp(o->mgf1, g.mgf1) == 0 &&
             o->salt == g.salt && o->uid == g.uid) {
-            grant_free(o);
-            *o = grants[--ngrants];
-            memset(&grants[ngrants], 0, sizeof(grants[ngrants]));
+            remove_locked(i);
             break;
         }
     }
@@ -418,21 +432,13 @@ static napi_value revoke_grants(napi_env env, napi_callback_info info)
 
 napi_status grants_register(napi_env env, napi_value exports)
 {
-    static const struct {
-        const char *name;
-        napi_callback fn;
-    } fns[] = {{"grantSign", grant_sign},
-               {"revokeGrants", revoke_grants},
-               {"signGranted", sign_granted_js}};
-    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
-        napi_value fn;
-        napi_status st = napi_create_function(
-            env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
-        if (st != napi_ok)
-            return st;
-        st = napi_set_named_property(env, exports, fns[i].name, fn);
-        if (st != napi_ok)
-            return st;
-    }
-    return napi_ok;
+    const napi_property_descriptor props[] = {
+        {"grantSign", NULL, grant_sign, NULL, NULL, NULL, napi_default, NULL},
+        {"revokeGrants", NULL, revoke_grants, NULL, NULL, NULL, napi_default,
+         NULL},
+        {"signGranted", NULL, sign_granted_js, NULL, NULL, NULL, napi_default,
+         NULL},
+    };
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
 }

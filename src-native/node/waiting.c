@@ -96,21 +96,11 @@ static napi_value waiting_any(napi_env env, napi_callback_info info)
 
 napi_status waiting_register(napi_env env, napi_value exports)
 {
-    static const struct {
-        const char *name;
-        napi_callback fn;
-    } fns[] = {{"waitingSet", waiting_set},
-               {"waitingAdd", waiting_add},
-               {"waitingAny", waiting_any}};
-    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
-        napi_value fn;
-        napi_status st = napi_create_function(
-            env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
-        if (st != napi_ok)
-            return st;
-        st = napi_set_named_property(env, exports, fns[i].name, fn);
-        if (st != napi_ok)
-            return st;
-    }
-    return napi_ok;
+    const napi_property_descriptor props[] = {
+        {"waitingSet", NULL, waiting_set, NULL, NULL, NULL, napi_default, NULL},
+        {"waitingAdd", NULL, waiting_add, NULL, NULL, NULL, napi_default, NULL},
+        {"waitingAny", NULL, waiting_any, NULL, NULL, NULL, napi_default, NULL},
+    };
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
 }

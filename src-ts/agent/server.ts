@@ -131,30 +131,39 @@ export class Agent {
       }
       for (const raw of raws) {
         if (socket.destroyed) return;
-        if (this.answerGranted(conn, raw)) continue;
+        const granted = this.answerGranted(conn, raw);
+        if (granted === 'answered') continue;
         let frame: Frame;
         try {
           frame = decodeFrame(raw);
         } catch (err) {
           return broke(err);
         }
-        this.receive(conn, frame);
+        this.receive(conn, frame, granted === 'no');
       }
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => this.connections.delete(conn));
   }
 
-  /** Answers a SIGN a grant covers for this peer (grants.c); false: the KeyService must see it. */
-  private answerGranted(conn: Connection, raw: Buffer): boolean {
-    if (!this.grants || !conn.greeted || this.stopping || raw.readUInt16BE(8) !== MsgType.SIGN) return false;
-    const reply = native().signGranted(raw, conn.peer.pid, conn.peer.uid, mayRunInline(0));
-    if (reply === null) return false;
+  /**
+   * Answers a SIGN a grant covers for this peer (grants.c). 'covered': an RSA grant covers it but
+   * the event loop is busy, so the KeyService runs it on the pool (the grant stands); 'no': no grant.
+   * Contention is probed only for RSA, not on every signature.
+   */
+  private answerGranted(conn: Connection, raw: Buffer): 'answered' | 'covered' | 'no' {
+    if (!this.grants || !conn.greeted || this.stopping || raw.readUInt16BE(8) !== MsgType.SIGN) return 'no';
+    const { pid, uid } = conn.peer;
+    let reply = native().signGranted(raw, pid, uid, false);
+    if (reply === true && mayRunInline(0)) reply = native().signGranted(raw, pid, uid, true);
+    if (reply === null) return 'no';
+    if (reply === true) return 'covered';
     conn.socket.write(reply);
-    return true;
+    return 'answered';
   }
 
-  private receive(conn: Connection, frame: Frame): void {
+  /** mayGrant: a success may be granted (false when a grant already covers the request). */
+  private receive(conn: Connection, frame: Frame, mayGrant = true): void {
     if (this.stopping || conn.socket.destroyed) return;
     if (!conn.greeted) {
       try {
@@ -177,7 +186,7 @@ export class Agent {
     void this.dispatcher.handle(frame, conn.peer).then((reply) => {
       conn.inFlight--;
       this.pending--;
-      if (reply.status === 0) this.grants?.afterSuccess(frame, conn.peer.uid);
+      if (reply.status === 0 && mayGrant) this.grants?.afterSuccess(frame, conn.peer.uid);
       if (!conn.socket.destroyed) {
         try {
           conn.socket.write(encodeFrame(reply));

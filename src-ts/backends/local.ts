@@ -61,7 +61,6 @@ interface KeyFile {
 
 interface LoadedKey {
   /** Identity of the file the key was read from: a replaced or deleted file is read again. */
-  stamp: string;
   file: FileIdentity;
   spec: KeySpec;
   publicKey: Buffer;
@@ -311,11 +310,9 @@ export class LocalBackend implements Backend {
 
   private async load(name: string): Promise<LoadedKey> {
     const file = this.keyFile(name);
-    let stamp: string;
     let identity: FileIdentity;
     try {
       const st = fs.statSync(file);
-      stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
       identity = { file, ino: st.ino, mtimeMs: st.mtimeMs, size: st.size };
     } catch {
       this.keys.delete(name);
@@ -324,7 +321,7 @@ export class LocalBackend implements Backend {
       );
     }
     const cached = this.keys.get(name);
-    if (cached && cached.stamp === stamp) return cached;
+    if (cached && cached.file.ino === identity.ino && cached.file.mtimeMs === identity.mtimeMs && cached.file.size === identity.size) return cached;
 
     const kek = await this.openStore(false);
     let kf: KeyFile;
@@ -345,7 +342,7 @@ export class LocalBackend implements Backend {
     try {
       const keyObject = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
       const handle = native().loadPrivateKey(pkcs8);
-      const loaded: LoadedKey = { stamp, file: identity, spec: kf.spec, publicKey: Buffer.from(kf.publicKey, 'base64'), handle, keyObject };
+      const loaded: LoadedKey = { file: identity, spec: kf.spec, publicKey: Buffer.from(kf.publicKey, 'base64'), handle, keyObject };
       this.keys.set(name, loaded);
       return loaded;
     } finally {
