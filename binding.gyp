@@ -10,7 +10,7 @@
         "src-native/node/addon.c",
         "src-native/node/peercred.c",
         "src-native/node/local_crypto.c",
-        "src-native/node/waiting.c",
+        "src-native/node/serve.c",
         "src-native/node/bridge.c",
         "src-native/node/grants.c",
         "src-native/node/register.c",

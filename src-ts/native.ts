@@ -28,10 +28,23 @@ export interface NativeAddon {
   /** verify and encrypt on the calling thread instead of libuv's pool. */
   verifyNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer, signature: Buffer): boolean;
   encryptNow(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Buffer;
-  /** A readiness set over the agent's connections (waiting.c): whether any has a request not yet read. */
-  waitingSet(): WaitingSet;
-  waitingAdd(set: WaitingSet, fd: number): void;
-  waitingAny(set: WaitingSet): boolean;
+  /**
+   * The agent's connections, served by C threads (serve.c). onEvent gets one or more whole request
+   * frames back to back that only JavaScript can answer, or null when the connection has closed
+   * (reason: why; undefined for the peer's own orderly close).
+   */
+  serveStart(onEvent: (id: number, frames: Buffer | null, reason?: string) => void, opts: { threads: number; maxInFlight: number }): ServeHandle;
+  /** Serves a duplicate of |fd| (the caller closes its own) for the peer pid and uid; returns its id. */
+  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number): number;
+  /** The peer's HELLO was accepted: PING and granted signatures may be answered by the threads. */
+  serveGreeted(server: ServeHandle, id: number): void;
+  /** Queues a reply; end: close once it is sent. False if the connection has gone. */
+  serveReply(server: ServeHandle, id: number, frame: Buffer, end: boolean): boolean;
+  serveClose(server: ServeHandle, id: number): void;
+  /** Whether frames handed to JavaScript wait to be taken. */
+  serveQueued(server: ServeHandle): boolean;
+  /** Ends the threads and closes every connection (sends what replies it can first). */
+  serveStop(server: ServeHandle): void;
   /** The N-API bridge: the worker binds its request handler and answers each request. */
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;
@@ -57,11 +70,8 @@ export interface NativeAddon {
   }): void;
   /** Ends the grants of one URI, or all of them. */
   revokeGrants(uri?: string): void;
-  /**
-   * The agent's side: the reply frame if a grant for this peer covered the SIGN frame; true if an RSA
-   * grant covers it but allowRsa was false (nothing was run); null if no grant covers it.
-   */
-  signGranted(frame: Buffer, pid: number, uid: number, allowRsa: boolean): Buffer | true | null;
+  /** What the agent's threads do with a peer's SIGN (serve.c): the reply frame if a grant for this uid covered it, else null. */
+  signGranted(frame: Buffer, pid: number, uid: number): Buffer | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */
@@ -70,8 +80,8 @@ export interface NativeAddon {
   /** The KeyService's message for the last kmsbridge error raised on this thread. */
   lastError(): string;
 }
-export interface WaitingSet {
-  readonly __brand: 'WaitingSet';
+export interface ServeHandle {
+  readonly __brand: 'ServeHandle';
 }
 export interface BridgeHandle {
   readonly __brand: 'BridgeHandle';

@@ -15,7 +15,7 @@ static napi_value init(napi_env env, napi_value exports)
         return NULL;
     if (local_crypto_register(env, exports) != napi_ok)
         return NULL;
-    if (waiting_register(env, exports) != napi_ok)
+    if (serve_register(env, exports) != napi_ok)
         return NULL;
     if (bridge_register(env, exports) != napi_ok)
         return NULL;

@@ -2,6 +2,8 @@
 #define KMSBRIDGE_ADDON_H
 
 #include <node_api.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* Throws a JS Error with a code property; always returns NULL for `return
  * throw_error(...)`. */
@@ -9,7 +11,8 @@ napi_value addon_throw(napi_env env, const char *code, const char *message);
 
 napi_status peercred_register(napi_env env, napi_value exports);
 napi_status local_crypto_register(napi_env env, napi_value exports);
-napi_status waiting_register(napi_env env, napi_value exports);
+/* serve.c: the agent's connections, served by C threads. */
+napi_status serve_register(napi_env env, napi_value exports);
 napi_status bridge_register(napi_env env, napi_value exports);
 napi_status register_register(napi_env env, napi_value exports);
 /* A benchmark hook (bench.c): channelPing(count), the bridge's own round trip.
@@ -33,6 +36,10 @@ struct kb_buf;
 struct kb_wire_msg;
 /* Returns 1 with |*reply| if a grant covered the request frame |req|. */
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply);
+/* The agent's side (serve.c): 1 with the reply in |out| if a grant covers
+ * this SIGN frame from peer |uid|; the audit line names |pid| and |uid|. */
+int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
+                  struct kb_buf *out);
 /* Forgets every grant and the audit descriptor (the worker is going). */
 void grants_clear(void);
 

@@ -16,9 +16,9 @@
  * closed KeyService signs nothing.
  *
  * The agent uses the same table for its peers: a grant made after a peer's
- * approved SIGN names that peer's uid, and the agent asks signGranted() before
- * it hands a SIGN to JavaScript, skipping the dispatch (RSA only when the
- * event loop may run it: see src-ts/backends/backend.ts).
+ * approved SIGN names that peer's uid, and the agent's serving threads
+ * (serve.c) answer a matching SIGN from that uid themselves, before any
+ * JavaScript.
  *
  * JS surface:
  *   grantSign({ uri, algorithm, digest, mgf1Digest?, saltLength?, dataLength,
@@ -26,9 +26,8 @@
  *                            uid: the only peer it is for (absent: any
  *                            caller of this process's bridge)
  *   revokeGrants(uri?)       one URI's grants, or all of them
- *   signGranted(frame, pid, uid, allowRsa) -> reply frame | null, or true
- *                            when an RSA grant covers it but allowRsa is
- *                            false (the agent asks again if it may)
+ *   signGranted(frame, pid, uid) -> reply frame | null
+ *                            what serve.c does for an agent peer
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -68,7 +67,6 @@ struct grant {
 struct caller {
     long pid;
     unsigned long uid;
-    int allow_rsa; /* 0: leave RSA to the pool (the agent under load) */
 };
 
 /* Writer-preferring: a close() must not wait behind a stream of signatures. */
@@ -215,11 +213,9 @@ static double now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-enum { NOT_GRANTED, ANSWERED, DEFERRED };
-
-/* Runs a granted SIGN: ANSWERED with the encoded reply in |out|, DEFERRED if
- * an RSA grant covers it but the caller may not run RSA now (the grant stands:
- * no need to make it again), NOT_GRANTED otherwise. */
+/* Runs a granted SIGN: 1 with the encoded reply in |out|, 0 if no grant
+ * covers it (or the key file changed, or the signature failed: the KeyService
+ * then answers and reports). */
 static int sign_granted(const uint8_t *frame, size_t len,
                         const struct caller *c, struct kb_buf *out)
 {
@@ -239,9 +235,7 @@ static int sign_granted(const uint8_t *frame, size_t len,
     for (size_t i = 0; data != NULL && i < ngrants && g == NULL; i++)
         if (matches(&grants[i], c, m, data))
             g = &grants[i];
-    if (g != NULL && !c->allow_rsa && strncmp(g->algorithm, "rsa", 3) == 0) {
-        done = DEFERRED;
-    } else if (g != NULL && file_unchanged(g)) {
+    if (g != NULL && file_unchanged(g)) {
         const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
                               : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
                                                                      : "none";
@@ -256,7 +250,7 @@ static int sign_granted(const uint8_t *frame, size_t len,
             kb_frame_bytes(out, KB_TAG_RESULT, sig, sig_len);
             if (kb_frame_end(out)) {
                 audit(g, c, now_ms() - started);
-                done = ANSWERED;
+                done = 1;
             }
             OPENSSL_clear_free(sig, sig_len);
         }
@@ -268,41 +262,42 @@ static int sign_granted(const uint8_t *frame, size_t len,
 
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 {
-    struct caller c = {(long)getpid(), (unsigned long)getuid(), 1};
+    struct caller c = {(long)getpid(), (unsigned long)getuid()};
     struct kb_buf out = {0};
     char why[64];
-    int done = sign_granted(req->data, req->len, &c, &out) == ANSWERED &&
+    int done = sign_granted(req->data, req->len, &c, &out) &&
                kb_wire_decode(out.data, out.len, reply, why, sizeof(why));
     kb_buf_free(&out);
     return done;
 }
 
-/* signGranted(frame, pid, uid, allowRsa) -> reply | true (DEFERRED) | null:
- * the agent's side. */
+int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
+                  struct kb_buf *out)
+{
+    struct caller c = {pid, uid};
+    return sign_granted(frame, len, &c, out);
+}
+
+/* signGranted(frame, pid, uid) -> reply | null: serve.c's question, asked
+ * from JavaScript (tests). */
 static napi_value sign_granted_js(napi_env env, napi_callback_info info)
 {
-    size_t argc = 4;
-    napi_value argv[4], result;
+    size_t argc = 3;
+    napi_value argv[3], result;
     void *frame = NULL;
     size_t len = 0;
     int64_t pid = 0, uid = 0;
-    bool allow_rsa = false;
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
-        argc < 4 ||
+        argc < 3 ||
         napi_get_buffer_info(env, argv[0], &frame, &len) != napi_ok ||
         napi_get_value_int64(env, argv[1], &pid) != napi_ok ||
-        napi_get_value_int64(env, argv[2], &uid) != napi_ok ||
-        napi_get_value_bool(env, argv[3], &allow_rsa) != napi_ok || uid < 0)
+        napi_get_value_int64(env, argv[2], &uid) != napi_ok || uid < 0)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "signGranted(frame, pid, uid, allowRsa)");
-    struct caller c = {(long)pid, (unsigned long)uid, allow_rsa};
+                           "signGranted(frame, pid, uid)");
     struct kb_buf out = {0};
-    int done = sign_granted(frame, len, &c, &out);
-    if (done == DEFERRED)
-        napi_get_boolean(env, true, &result);
-    else if (done != ANSWERED ||
-             napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
-                 napi_ok)
+    if (!grants_answer(frame, len, (long)pid, (unsigned long)uid, &out) ||
+        napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
+            napi_ok)
         napi_get_null(env, &result);
     kb_buf_free(&out);
     return result;

@@ -2,17 +2,23 @@
  * The agent: serves a KeyService on a Unix socket to the provider, the
  * ENGINE and the CLI. Each connection is checked by SO_PEERCRED, carries many
  * requests in flight, and is closed alone when it breaks the protocol.
+ *
+ * Node accepts a connection and reads the peer's credentials; then C threads
+ * serve it (src-native/node/serve.c). They answer PING and the signatures a
+ * grant covers for this peer themselves (src-ts/grants.ts) and hand every
+ * other request here, where the Dispatcher answers it.
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { KmsError, asKmsError } from '../errors.js';
 import type { KeyService, Peer } from '../keyservice.js';
 import { Dispatcher, errorReply } from '../dispatch.js';
 import type { AuditSink } from '../audit.js';
-import { native, type WaitingSet } from '../native.js';
-import { mayRunInline, setWaitingProbe } from '../backends/backend.js';
-import { FrameReader, MsgType, ProtocolError, decodeFrame, encodeFrame, type Frame } from '../wire/codec.js';
+import { native, type ServeHandle } from '../native.js';
+import { setWaitingProbe } from '../backends/backend.js';
+import { FrameReader, ProtocolError, decodeFrame, encodeFrame, type Frame } from '../wire/codec.js';
 import { Grants } from '../grants.js';
 import { clearStaleSocket, prepareSocketDir } from './socket-path.js';
 
@@ -23,6 +29,8 @@ export interface AgentOptions {
   log?: (message: string) => void;
   /** Most requests one connection may have in flight before the agent stops reading from it. */
   maxInFlight?: number;
+  /** Threads serving the connections (serve.c); default: one per core, at most 4. */
+  threads?: number;
   /** The audit file's descriptor, for signatures answered from grants (src-ts/grants.ts); absent: no grants. */
   auditFd?: number;
 }
@@ -38,35 +46,35 @@ export function opensToOthers(ks: KeyService): boolean {
 }
 
 interface Connection {
-  socket: net.Socket;
+  id: number;
   peer: Peer;
-  inFlight: number;
   greeted: boolean;
+  closed: boolean;
 }
 
 export class Agent {
   private readonly server: net.Server;
-  private readonly connections = new Set<Connection>();
+  private readonly connections = new Map<number, Connection>();
   private readonly dispatcher: Dispatcher;
   private readonly ownUid = process.getuid?.() ?? 0;
   private readonly log: (message: string) => void;
-  private readonly maxInFlight: number;
   private pending = 0;
   private stopping?: Promise<void>;
-  /** The connections, for backends asking whether other requests wait (backend.ts othersWaiting). */
-  private readonly waiting: WaitingSet;
+  /** The C threads that own the connections once accepted. */
+  private readonly serving: ServeHandle;
   private readonly removeWaitingProbe: () => void;
-  /** Signatures the KeyService approved for a peer, answered again without its dispatch. */
+  /** Signatures the KeyService approved for a peer, answered again by the serving threads. */
   private readonly grants?: Grants;
 
   private constructor(private readonly opts: AgentOptions) {
     this.log = opts.log ?? (() => {});
-    this.maxInFlight = opts.maxInFlight ?? 256;
     this.dispatcher = new Dispatcher(opts.keyService, { ownUid: this.ownUid, ...(opts.audit ? { audit: opts.audit } : {}) });
-    this.server = net.createServer((socket) => this.accept(socket));
-    const waiting = native().waitingSet();
-    this.waiting = waiting;
-    this.removeWaitingProbe = setWaitingProbe(() => native().waitingAny(waiting));
+    // Paused: Node never reads a connection; the serving threads do.
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
+    const threads = opts.threads ?? Math.min(4, os.availableParallelism());
+    this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), { threads, maxInFlight: opts.maxInFlight ?? 256 });
+    // Backends choosing between the event loop and the pool ask whether requests wait for JavaScript.
+    this.removeWaitingProbe = setWaitingProbe(() => native().serveQueued(this.serving));
     if (opts.auditFd !== undefined) this.grants = new Grants(opts.keyService, opts.auditFd);
   }
 
@@ -85,6 +93,10 @@ export class Agent {
           resolve();
         });
       });
+    } catch (err) {
+      native().serveStop(agent.serving);
+      agent.removeWaitingProbe();
+      throw err;
     } finally {
       process.umask(oldMask);
     }
@@ -100,71 +112,72 @@ export class Agent {
 
   private accept(socket: net.Socket): void {
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-    let peer: Peer;
     try {
-      if (fd < 0) throw new Error('no file descriptor');
-      peer = native().peerCredentials(fd);
-    } catch (err) {
-      this.log(`refused a connection: peer credentials unavailable (${(err as Error).message})`);
+      if (this.stopping) return;
+      let peer: Peer;
+      try {
+        if (fd < 0) throw new Error('no file descriptor');
+        peer = native().peerCredentials(fd);
+      } catch (err) {
+        this.log(`refused a connection: peer credentials unavailable (${(err as Error).message})`);
+        return;
+      }
+      try {
+        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid);
+        this.connections.set(id, { id, peer, greeted: false, closed: false });
+      } catch (err) {
+        this.log(`refused pid ${peer.pid} uid ${peer.uid}: the agent could not serve the connection (${(err as Error).message})`);
+      }
+    } finally {
+      // The serving threads hold their own descriptor for the connection.
       socket.destroy();
+    }
+  }
+
+  /** Requests from the serving threads, in arrival order; frames null: the connection has closed. */
+  private onEvent(id: number, frames: Buffer | null, reason?: string): void {
+    const conn = this.connections.get(id);
+    if (!conn) return;
+    if (frames === null) {
+      conn.closed = true;
+      this.connections.delete(id);
+      if (reason) this.log(`closed connection from pid ${conn.peer.pid} uid ${conn.peer.uid}: ${reason}`);
       return;
     }
-    try {
-      native().waitingAdd(this.waiting, fd);
-    } catch (err) {
-      // Only a scheduling hint is lost: requests waiting here may find an RSA operation running on the event loop.
-      this.log(`connection from pid ${peer.pid} is not watched for waiting requests (${(err as Error).message})`);
-    }
-    const conn: Connection = { socket, peer, inFlight: 0, greeted: false };
-    this.connections.add(conn);
-    const reader = new FrameReader();
-    const broke = (err: unknown) => {
-      this.log(`closing connection from pid ${peer.pid} uid ${peer.uid}: ${(err as Error).message}`);
-      socket.destroy();
-    };
-    socket.on('data', (chunk: Buffer) => {
-      let raws: Buffer[];
+    for (const raw of new FrameReader().pushRaw(frames)) {
+      if (conn.closed) return;
+      let frame: Frame;
       try {
-        raws = reader.pushRaw(chunk);
+        frame = decodeFrame(raw);
       } catch (err) {
-        return broke(err);
+        this.log(`closing connection from pid ${conn.peer.pid} uid ${conn.peer.uid}: ${(err as Error).message}`);
+        this.close(conn);
+        return;
       }
-      for (const raw of raws) {
-        if (socket.destroyed) return;
-        const granted = this.answerGranted(conn, raw);
-        if (granted === 'answered') continue;
-        let frame: Frame;
-        try {
-          frame = decodeFrame(raw);
-        } catch (err) {
-          return broke(err);
-        }
-        this.receive(conn, frame, granted === 'no');
-      }
-    });
-    socket.on('error', () => socket.destroy());
-    socket.on('close', () => this.connections.delete(conn));
+      this.receive(conn, frame);
+    }
   }
 
-  /**
-   * Answers a SIGN a grant covers for this peer (grants.c). 'covered': an RSA grant covers it but
-   * the event loop is busy, so the KeyService runs it on the pool (the grant stands); 'no': no grant.
-   * Contention is probed only for RSA, not on every signature.
-   */
-  private answerGranted(conn: Connection, raw: Buffer): 'answered' | 'covered' | 'no' {
-    if (!this.grants || !conn.greeted || this.stopping || raw.readUInt16BE(8) !== MsgType.SIGN) return 'no';
-    const { pid, uid } = conn.peer;
-    let reply = native().signGranted(raw, pid, uid, false);
-    if (reply === true && mayRunInline(0)) reply = native().signGranted(raw, pid, uid, true);
-    if (reply === null) return 'no';
-    if (reply === true) return 'covered';
-    conn.socket.write(reply);
-    return 'answered';
+  private close(conn: Connection): void {
+    conn.closed = true;
+    this.connections.delete(conn.id);
+    native().serveClose(this.serving, conn.id);
   }
 
-  /** mayGrant: a success may be granted (false when a grant already covers the request). */
-  private receive(conn: Connection, frame: Frame, mayGrant = true): void {
-    if (this.stopping || conn.socket.destroyed) return;
+  private send(conn: Connection, reply: Frame, end = false): void {
+    if (conn.closed) return;
+    let bytes: Buffer;
+    try {
+      bytes = encodeFrame(reply);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      bytes = encodeFrame(errorReply(reply, asKmsError(new Error(`reply too large: ${err.message}`))));
+    }
+    native().serveReply(this.serving, conn.id, bytes, end);
+  }
+
+  private receive(conn: Connection, frame: Frame): void {
+    if (this.stopping || conn.closed) return;
     if (!conn.greeted) {
       try {
         const reply = this.dispatcher.hello(frame);
@@ -172,30 +185,20 @@ export class Agent {
           throw new KmsError(2, `uid ${conn.peer.uid} may not use this agent; its owner (uid ${this.ownUid}) can allow it with allow_uids in the config`);
         }
         conn.greeted = true;
-        conn.socket.write(encodeFrame(reply));
+        native().serveGreeted(this.serving, conn.id);
+        this.send(conn, reply);
       } catch (err) {
         const e = asKmsError(err);
         this.log(`refused pid ${conn.peer.pid} uid ${conn.peer.uid}: ${e.message}`);
-        conn.socket.end(encodeFrame(errorReply(frame, e)));
+        this.send(conn, errorReply(frame, e), true);
       }
       return;
     }
-    conn.inFlight++;
     this.pending++;
-    if (conn.inFlight >= this.maxInFlight) conn.socket.pause(); // backpressure: stop reading until replies drain
     void this.dispatcher.handle(frame, conn.peer).then((reply) => {
-      conn.inFlight--;
       this.pending--;
-      if (reply.status === 0 && mayGrant) this.grants?.afterSuccess(frame, conn.peer.uid);
-      if (!conn.socket.destroyed) {
-        try {
-          conn.socket.write(encodeFrame(reply));
-        } catch (err) {
-          if (!(err instanceof ProtocolError)) throw err;
-          conn.socket.write(encodeFrame(errorReply(frame, asKmsError(new Error(`reply too large: ${err.message}`)))));
-        }
-        if (conn.inFlight < this.maxInFlight && conn.socket.isPaused()) conn.socket.resume();
-      }
+      if (reply.status === 0) this.grants?.afterSuccess(frame, conn.peer.uid);
+      this.send(conn, reply);
       if (this.pending === 0) this.onIdle?.();
     });
   }
@@ -221,9 +224,9 @@ export class Agent {
           };
         });
       }
-      for (const c of this.connections) c.socket.end();
-      await new Promise((r) => setTimeout(r, 20));
-      for (const c of this.connections) c.socket.destroy();
+      // Sends the replies still queued, then closes every connection.
+      native().serveStop(this.serving);
+      this.connections.clear();
       try {
         fs.unlinkSync(this.opts.socketPath);
       } catch {

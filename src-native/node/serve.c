@@ -1,0 +1,829 @@
+/*
+ * The agent's connections, served by C threads.
+ *
+ * Node's socket path (a 'data' event, a stream write, the event loop's
+ * wake-ups) cost the agent more CPU per request than an ECDSA signature, and
+ * three to four times more when the cores are busy (docs/bench/notes.md).
+ * So once the JavaScript agent has accepted a connection and read the peer's
+ * credentials, it hands the descriptor to these threads. They frame the
+ * requests and answer, on their own, only what needs no decision: PING, and
+ * a SIGN that a grant covers for this peer's uid (grants.c: the KeyService
+ * approved that exact operation before; each use still checks the key file
+ * and writes its audit line). Every other frame, and every frame before the
+ * agent has accepted the peer's HELLO, goes to JavaScript in arrival order;
+ * its reply comes back through serveReply().
+ *
+ * The threads share one epoll set in which each connection is registered
+ * one-shot: one thread serves a connection at a time, and connections are
+ * served in parallel. A connection is not read while maxInFlight of its
+ * requests are with JavaScript or more than OUT_LIMIT bytes of its replies
+ * are unsent, so a peer that does not read its replies holds nothing but
+ * its own connection. Frame bounds are the fuzzed codec's (wire.c).
+ *
+ * Locks: the server's mutex (the connection table) before a connection's.
+ * A connection is freed only with both held and while no thread serves it;
+ * everyone else finds it by id under the server's mutex.
+ *
+ * JS surface:
+ *   serveStart(onEvent, { threads, maxInFlight }) -> handle
+ *       onEvent(id, frames, reason): frames is a Buffer of one or more whole
+ *       request frames, back to back; null when the connection has closed
+ *       (reason says why, undefined for the peer's own orderly close)
+ *   serveAdopt(handle, fd, pid, uid) -> id    serves a duplicate of fd
+ *   serveGreeted(handle, id)                   HELLO accepted: PING and
+ *                                              grants may be answered here
+ *   serveReply(handle, id, frame, end)         end: close once it is sent
+ *   serveClose(handle, id)
+ *   serveQueued(handle) -> boolean             frames handed to JavaScript
+ *                                              that it has not taken yet
+ *   serveStop(handle)                          ends the threads, closes all
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "addon.h"
+#include "wire.h"
+
+#define MAX_THREADS 16
+#define SLOT_BITS 20 /* an id is a slot and that slot's generation */
+#define MAX_SLOTS (1u << SLOT_BITS)
+#define WAKE_ID UINT64_MAX
+#define READ_CHUNK 65536u      /* one read, into the thread's own buffer */
+#define KEEP_BUFFER 65536u     /* an idle connection keeps at most this */
+#define READS_PER_TURN 16      /* then other connections get a turn */
+#define OUT_LIMIT (1u << 20)   /* unsent reply bytes before reading stops */
+#define BATCH_LIMIT (1u << 20) /* bytes of frames per event to JavaScript */
+#define IDLE_CHECK_MS 1000 /* a thread looks for a stop at least this often */
+
+struct conn {
+    uint32_t id;
+    int fd;
+    long pid;
+    unsigned long uid;
+    atomic_bool greeted;
+    /* Input: touched only by the thread that serves the connection. */
+    uint8_t *in;
+    size_t in_len, in_cap;
+    /* The rest: under mu. */
+    pthread_mutex_t mu;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+    unsigned in_flight; /* frames with JavaScript, not answered yet */
+    bool serving;       /* a thread has it (its one-shot event fired) */
+    bool eof;           /* the peer closed its side */
+    bool ending;        /* close once the replies are sent (serveReply end) */
+    bool closing;       /* close as soon as nobody serves it */
+    const char *broken; /* why it must close; static strings only */
+};
+
+struct server {
+    int epfd, wakefd;
+    pthread_t threads[MAX_THREADS];
+    int nthreads;
+    unsigned max_in_flight;
+    atomic_bool stopping;
+    bool stopped;
+    atomic_long queued; /* frames given to JavaScript and not yet taken */
+    napi_env env;
+    napi_threadsafe_function tsfn;
+    pthread_mutex_t mu;
+    struct conn **slots;
+    uint16_t *gens;
+    size_t nslots;
+};
+
+/* What the threadsafe function carries to onEvent. */
+struct event {
+    uint32_t id;
+    uint8_t *frames; /* NULL: the connection closed */
+    size_t len;
+    long count; /* frames in |frames| */
+    const char *reason;
+};
+
+/* ---- buffers ------------------------------------------------------------ */
+
+static bool reserve(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t cap2 = *cap ? *cap : 4096;
+    while (cap2 < need)
+        cap2 *= 2;
+    uint8_t *p = realloc(*buf, cap2);
+    if (p == NULL)
+        return false;
+    *buf = p;
+    *cap = cap2;
+    return true;
+}
+
+/* Queues reply bytes; a connection that cannot hold them is broken. */
+static void out_append_locked(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (c->broken != NULL || c->eof)
+        return;
+    if (c->out_off > 0 && c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (!reserve(&c->out, &c->out_cap, c->out_len + n)) {
+        c->broken = "out of memory for replies";
+        return;
+    }
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+/* Sends what it can without blocking. A peer that has gone will read no
+ * replies: the connection is then at its end, with nothing to report. */
+static void flush_locked(struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        c->eof = true;
+        c->out_off = c->out_len;
+    }
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->out_cap > KEEP_BUFFER) {
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
+}
+
+static size_t unsent(const struct conn *c)
+{
+    return c->out_len - c->out_off;
+}
+
+/* The size of the next whole frame in the input, 0 if none is complete
+ * yet; SIZE_MAX for a length outside the spec's bounds. */
+static size_t next_frame(const struct conn *c)
+{
+    if (c->in_len < 4)
+        return 0;
+    size_t size = kb_wire_frame_size(c->in);
+    if (size == 0)
+        return SIZE_MAX;
+    return c->in_len >= size ? size : 0;
+}
+
+static bool may_read_locked(const struct server *s, const struct conn *c)
+{
+    return !c->eof && !c->ending && c->in_flight < s->max_in_flight &&
+           unsent(c) <= OUT_LIMIT;
+}
+
+static bool must_close_locked(const struct conn *c)
+{
+    return c->broken != NULL || c->closing || c->eof ||
+           (c->ending && unsent(c) == 0);
+}
+
+/* ---- events to JavaScript ---------------------------------------------- */
+
+static void emit(struct server *s, struct event *ev)
+{
+    atomic_fetch_add(&s->queued, ev->count);
+    if (napi_call_threadsafe_function(s->tsfn, ev, napi_tsfn_nonblocking) !=
+        napi_ok) {
+        atomic_fetch_sub(&s->queued, ev->count);
+        free(ev->frames);
+        free(ev);
+    }
+}
+
+static void emit_closed(struct server *s, uint32_t id, const char *reason)
+{
+    struct event *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL)
+        return;
+    ev->id = id;
+    ev->reason = reason;
+    emit(s, ev);
+}
+
+static void call_js(napi_env env, napi_value cb, void *context, void *data)
+{
+    struct server *s = context;
+    struct event *ev = data;
+    atomic_fetch_sub(&s->queued, ev->count);
+    if (env != NULL && cb != NULL) {
+        napi_value argv[3], undefined;
+        napi_get_undefined(env, &undefined);
+        napi_create_uint32(env, ev->id, &argv[0]);
+        if (ev->frames == NULL ||
+            napi_create_buffer_copy(env, ev->len, ev->frames, NULL, &argv[1]) !=
+                napi_ok)
+            napi_get_null(env, &argv[1]);
+        if (ev->reason != NULL)
+            napi_create_string_utf8(env, ev->reason, NAPI_AUTO_LENGTH,
+                                    &argv[2]);
+        else
+            argv[2] = undefined;
+        napi_call_function(env, undefined, cb, 3, argv, NULL);
+    }
+    free(ev->frames);
+    free(ev);
+}
+
+/* ---- the connection table ---------------------------------------------- */
+
+static struct conn *lookup_locked(struct server *s, uint64_t id)
+{
+    size_t slot = (size_t)(id & (MAX_SLOTS - 1));
+    if (id > UINT32_MAX || slot >= s->nslots || s->slots[slot] == NULL ||
+        s->slots[slot]->id != (uint32_t)id)
+        return NULL;
+    return s->slots[slot];
+}
+
+/* Takes a connection out of the table and closes it; both locks held, and
+ * no thread serves it. The caller frees it after unlocking. */
+static void unlink_locked(struct server *s, struct conn *c)
+{
+    s->slots[c->id & (MAX_SLOTS - 1)] = NULL;
+    flush_locked(c); /* the last replies, if the peer still takes them */
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void conn_free(struct conn *c)
+{
+    pthread_mutex_destroy(&c->mu);
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+/* Closes |c| (server and connection locks held, nobody serving it) and
+ * tells JavaScript; the locks are released. */
+static void close_and_unlock(struct server *s, struct conn *c)
+{
+    const char *reason = c->broken;
+    uint32_t id = c->id;
+    unlink_locked(s, c);
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&s->mu);
+    conn_free(c);
+    emit_closed(s, id, reason);
+}
+
+/* Arms the one-shot registration for what the connection needs next. */
+static void rearm_locked(struct server *s, struct conn *c)
+{
+    uint32_t events = EPOLLONESHOT;
+    if (may_read_locked(s, c))
+        events |= EPOLLIN;
+    /* Writable fires at once: used also to get a thread to parse frames
+     * already read while reading was paused. */
+    if (unsent(c) > 0 || (next_frame(c) != 0 && may_read_locked(s, c)))
+        events |= EPOLLOUT;
+    struct epoll_event ev = {.events = events, .data.u64 = c->id};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
+        c->broken = "could not watch the connection (epoll_ctl)";
+}
+
+/* ---- serving one connection -------------------------------------------- */
+
+struct batch {
+    uint8_t *data;
+    size_t len, cap;
+    long count;
+};
+
+static void batch_emit(struct server *s, struct conn *c, struct batch *b)
+{
+    if (b->count == 0)
+        return;
+    struct event *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL) {
+        free(b->data);
+    } else {
+        ev->id = c->id;
+        ev->frames = b->data;
+        ev->len = b->len;
+        ev->count = b->count;
+        emit(s, ev);
+    }
+    memset(b, 0, sizeof(*b));
+}
+
+/* Answers one frame here if it needs no decision; 1 if it did. */
+static int answer_here(struct conn *c, const uint8_t *frame, size_t len)
+{
+    if (!atomic_load(&c->greeted))
+        return 0;
+    uint16_t type = (uint16_t)((frame[8] << 8) | frame[9]);
+    if (type == KB_MSG_PING) {
+        uint8_t reply[KB_WIRE_HEADER_LEN] = {0, 0, 0, 8};
+        memcpy(reply + 4, frame + 4, 4); /* the request id */
+        reply[8] = (uint8_t)((KB_MSG_PING | KB_WIRE_REPLY_BIT) >> 8);
+        reply[9] = (uint8_t)(KB_MSG_PING & 0xff);
+        pthread_mutex_lock(&c->mu);
+        out_append_locked(c, reply, sizeof(reply));
+        pthread_mutex_unlock(&c->mu);
+        return 1;
+    }
+    if (type != KB_MSG_SIGN)
+        return 0;
+    struct kb_buf out = {0};
+    int done = grants_answer(frame, len, c->pid, c->uid, &out);
+    if (done) {
+        pthread_mutex_lock(&c->mu);
+        out_append_locked(c, out.data, out.len);
+        pthread_mutex_unlock(&c->mu);
+    }
+    kb_buf_free(&out);
+    return done;
+}
+
+/* Handles the whole frames in the input; returns false to stop reading. */
+static bool parse(struct server *s, struct conn *c, struct batch *b)
+{
+    size_t off = 0;
+    bool more = true;
+    while (more) {
+        pthread_mutex_lock(&c->mu);
+        more = may_read_locked(s, c) && c->broken == NULL;
+        pthread_mutex_unlock(&c->mu);
+        if (!more || c->in_len - off < 4)
+            break;
+        size_t size = kb_wire_frame_size(c->in + off);
+        if (size == 0) {
+            pthread_mutex_lock(&c->mu);
+            c->broken = "frame length outside the protocol's bounds";
+            pthread_mutex_unlock(&c->mu);
+            more = false;
+            break;
+        }
+        if (c->in_len - off < size)
+            break;
+        const uint8_t *frame = c->in + off;
+        off += size;
+        if (answer_here(c, frame, size))
+            continue;
+        if (b->len + size > BATCH_LIMIT)
+            batch_emit(s, c, b);
+        if (!reserve(&b->data, &b->cap, b->len + size)) {
+            pthread_mutex_lock(&c->mu);
+            c->broken = "out of memory for requests";
+            pthread_mutex_unlock(&c->mu);
+            more = false;
+            break;
+        }
+        memcpy(b->data + b->len, frame, size);
+        b->len += size;
+        b->count++;
+        pthread_mutex_lock(&c->mu);
+        c->in_flight++;
+        pthread_mutex_unlock(&c->mu);
+    }
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+    return more;
+}
+
+/* Serves |c| after its event: reads and handles what it can, sends what
+ * it can, then rearms or closes it. |chunk|: the thread's read buffer, so
+ * that a connection holds only the bytes of a frame still incomplete. */
+static void serve(struct server *s, struct conn *c, uint32_t events,
+                  uint8_t *chunk)
+{
+    struct batch b = {0};
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        /* Both directions are gone: requests still unread have nobody to
+         * answer to. */
+        pthread_mutex_lock(&c->mu);
+        c->eof = true;
+        pthread_mutex_unlock(&c->mu);
+    }
+    for (int turn = 0; parse(s, c, &b) && turn < READS_PER_TURN; turn++) {
+        ssize_t n = read(c->fd, chunk, READ_CHUNK);
+        if (n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n)) {
+            memcpy(c->in + c->in_len, chunk, (size_t)n);
+            c->in_len += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        pthread_mutex_lock(&c->mu);
+        if (n == 0)
+            c->eof = true;
+        else
+            c->broken = n > 0 ? "out of memory for requests"
+                              : "could not read from the connection";
+        pthread_mutex_unlock(&c->mu);
+        break;
+    }
+    if (c->in_len == 0 && c->in_cap > KEEP_BUFFER) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = 0;
+    }
+    batch_emit(s, c, &b);
+
+    pthread_mutex_lock(&c->mu);
+    flush_locked(c);
+    if (!must_close_locked(c))
+        rearm_locked(s, c);
+    if (!must_close_locked(c)) {
+        c->serving = false;
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    /* Still marked as served, so nobody frees it while the locks are taken
+     * in their order. */
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&c->mu);
+    c->serving = false;
+    close_and_unlock(s, c);
+}
+
+static void *serve_thread(void *arg)
+{
+    struct server *s = arg;
+    struct epoll_event evs[16];
+    uint8_t *chunk = malloc(READ_CHUNK);
+    if (chunk == NULL)
+        return NULL; /* the other threads serve */
+    while (!atomic_load(&s->stopping)) {
+        int n = epoll_wait(s->epfd, evs, 16, IDLE_CHECK_MS);
+        for (int i = 0; i < n && !atomic_load(&s->stopping); i++) {
+            if (evs[i].data.u64 == WAKE_ID)
+                continue;
+            pthread_mutex_lock(&s->mu);
+            struct conn *c = lookup_locked(s, evs[i].data.u64);
+            if (c != NULL) {
+                pthread_mutex_lock(&c->mu);
+                bool taken = c->serving; /* it rearmed and another fired */
+                c->serving = true;
+                pthread_mutex_unlock(&c->mu);
+                if (taken)
+                    c = NULL;
+            }
+            pthread_mutex_unlock(&s->mu);
+            if (c != NULL)
+                serve(s, c, evs[i].events, chunk);
+        }
+    }
+    free(chunk);
+    return NULL;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+/* Joins the threads and closes every connection; |release|: give the
+ * threadsafe function back (not at the environment's teardown, where Node
+ * closes it itself). */
+static void server_stop(struct server *s, bool release)
+{
+    if (s->stopped)
+        return;
+    s->stopped = true;
+    atomic_store(&s->stopping, true);
+    uint64_t one = 1;
+    ssize_t w = write(s->wakefd, &one, sizeof(one));
+    (void)w; /* the threads also look every IDLE_CHECK_MS */
+    for (int i = 0; i < s->nthreads; i++)
+        pthread_join(s->threads[i], NULL);
+    s->nthreads = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->nslots; i++) {
+        struct conn *c = s->slots[i];
+        if (c == NULL)
+            continue;
+        pthread_mutex_lock(&c->mu);
+        unlink_locked(s, c);
+        pthread_mutex_unlock(&c->mu);
+        conn_free(c);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (release && s->tsfn != NULL)
+        napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    s->tsfn = NULL;
+}
+
+/* The environment is going away: the threads must not outlive the
+ * threadsafe function (registered after it, so this hook runs first). */
+static void env_cleanup(void *arg)
+{
+    server_stop(arg, false);
+}
+
+static void server_finalize(napi_env env, void *data, void *hint)
+{
+    (void)hint;
+    struct server *s = data;
+    server_stop(s, true);
+    napi_remove_env_cleanup_hook(env, env_cleanup, s);
+    close(s->epfd);
+    close(s->wakefd);
+    pthread_mutex_destroy(&s->mu);
+    free(s->slots);
+    free(s->gens);
+    free(s);
+}
+
+static struct server *get_server(napi_env env, napi_value v)
+{
+    struct server *s = NULL;
+    if (napi_get_value_external(env, v, (void **)&s) != napi_ok)
+        return NULL;
+    return s;
+}
+
+static uint32_t get_opt(napi_env env, napi_value obj, const char *name,
+                        uint32_t fallback)
+{
+    napi_value v;
+    uint32_t n;
+    if (napi_get_named_property(env, obj, name, &v) != napi_ok ||
+        napi_get_value_uint32(env, v, &n) != napi_ok || n == 0)
+        return fallback;
+    return n;
+}
+
+static napi_value serve_start(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], handle, name;
+    napi_valuetype t = napi_undefined;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 2 || napi_typeof(env, argv[0], &t) != napi_ok ||
+        t != napi_function)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "serveStart(onEvent, { threads, maxInFlight })");
+    struct server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return addon_throw(env, "ERR_NO_MEMORY", "serveStart: out of memory");
+    uint32_t threads = get_opt(env, argv[1], "threads", 2);
+    s->max_in_flight = get_opt(env, argv[1], "maxInFlight", 256);
+    s->env = env;
+    pthread_mutex_init(&s->mu, NULL);
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event wake = {.events = EPOLLIN, .data.u64 = WAKE_ID};
+    const char *failed = NULL;
+    if (s->epfd < 0 || s->wakefd < 0 ||
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->wakefd, &wake) != 0)
+        failed = strerror(errno);
+    else if (napi_create_string_utf8(env, "kmsbridge agent connections",
+                                     NAPI_AUTO_LENGTH, &name) != napi_ok ||
+             napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1,
+                                             NULL, NULL, s, call_js,
+                                             &s->tsfn) != napi_ok)
+        failed = "could not create the threadsafe function";
+    if (failed == NULL) {
+        /* The listening socket keeps the agent alive, not this. */
+        napi_unref_threadsafe_function(env, s->tsfn);
+        napi_add_env_cleanup_hook(env, env_cleanup, s);
+        if (threads > MAX_THREADS)
+            threads = MAX_THREADS;
+        for (uint32_t i = 0; i < threads; i++) {
+            if (pthread_create(&s->threads[i], NULL, serve_thread, s) != 0) {
+                failed = "could not start a serving thread";
+                break;
+            }
+            s->nthreads++;
+            /* so that top -H, perf and the tests can tell them apart */
+            pthread_setname_np(s->threads[i], "kmsbridge-serve");
+        }
+    }
+    if (failed == NULL &&
+        napi_create_external(env, s, server_finalize, NULL, &handle) == napi_ok)
+        return handle;
+    server_stop(s, true);
+    napi_remove_env_cleanup_hook(env, env_cleanup, s);
+    if (s->epfd >= 0)
+        close(s->epfd);
+    if (s->wakefd >= 0)
+        close(s->wakefd);
+    free(s);
+    return addon_throw(env, "ERR_SERVE",
+                       failed ? failed : "could not create the handle");
+}
+
+/* Arguments: handle, then an id (or an fd for adopt). */
+static struct server *args(napi_env env, napi_callback_info info, size_t want,
+                           napi_value *argv, int64_t *num)
+{
+    size_t argc = want;
+    struct server *s;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < want || (s = get_server(env, argv[0])) == NULL ||
+        napi_get_value_int64(env, argv[1], num) != napi_ok || *num < 0)
+        return NULL;
+    return s->stopped ? NULL : s;
+}
+
+static napi_value serve_adopt(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4], result;
+    int64_t fd, pid, uid;
+    struct server *s = args(env, info, 4, argv, &fd);
+    if (s == NULL || fd > INT32_MAX ||
+        napi_get_value_int64(env, argv[2], &pid) != napi_ok ||
+        napi_get_value_int64(env, argv[3], &uid) != napi_ok || uid < 0)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "serveAdopt(handle, fd, pid, uid) on a running "
+                           "server");
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return addon_throw(env, "ERR_NO_MEMORY", "serveAdopt: out of memory");
+    c->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+    c->pid = (long)pid;
+    c->uid = (unsigned long)uid;
+    pthread_mutex_init(&c->mu, NULL);
+    const char *failed = NULL;
+    if (c->fd < 0 || fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
+        failed = strerror(errno);
+
+    pthread_mutex_lock(&s->mu);
+    size_t slot = 0;
+    while (slot < s->nslots && s->slots[slot] != NULL)
+        slot++;
+    if (failed == NULL && slot == s->nslots) {
+        size_t n = s->nslots ? s->nslots * 2 : 64;
+        struct conn **slots =
+            n <= MAX_SLOTS ? realloc(s->slots, n * sizeof(*slots)) : NULL;
+        if (slots != NULL)
+            s->slots = slots;
+        uint16_t *gens = slots ? realloc(s->gens, n * sizeof(*gens)) : NULL;
+        if (gens == NULL) {
+            failed = "too many connections";
+        } else {
+            s->gens = gens;
+            memset(s->slots + s->nslots, 0,
+                   (n - s->nslots) * sizeof(*s->slots));
+            memset(s->gens + s->nslots, 0, (n - s->nslots) * sizeof(*gens));
+            s->nslots = n;
+        }
+    }
+    if (failed == NULL) {
+        s->gens[slot] = (uint16_t)((s->gens[slot] + 1) & 0xfff);
+        c->id = (uint32_t)slot | ((uint32_t)s->gens[slot] << SLOT_BITS);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+                                 .data.u64 = c->id};
+        s->slots[slot] = c;
+        if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+            failed = strerror(errno);
+            s->slots[slot] = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (failed != NULL) {
+        if (c->fd >= 0)
+            close(c->fd);
+        conn_free(c);
+        return addon_throw(env, "ERR_SERVE", failed);
+    }
+    napi_create_uint32(env, c->id, &result);
+    return result;
+}
+
+static napi_value serve_greeted(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int64_t id;
+    struct server *s = args(env, info, 2, argv, &id);
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_lock(&s->mu);
+    struct conn *c = lookup_locked(s, (uint64_t)id);
+    if (c != NULL)
+        atomic_store(&c->greeted, true);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Queues a reply (or, with no frame, only asks to close) and sends what it
+ * can now when no thread serves the connection. Returns whether the
+ * connection was still there. */
+static bool reply(struct server *s, uint64_t id, const uint8_t *frame,
+                  size_t len, bool end, bool close_now)
+{
+    pthread_mutex_lock(&s->mu);
+    struct conn *c = lookup_locked(s, id);
+    if (c == NULL) {
+        pthread_mutex_unlock(&s->mu);
+        return false;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (frame != NULL) {
+        out_append_locked(c, frame, len);
+        if (c->in_flight > 0)
+            c->in_flight--;
+    }
+    c->ending = c->ending || end;
+    c->closing = c->closing || close_now;
+    if (c->serving) {
+        /* Its thread sends and rearms when it finishes. */
+        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&s->mu);
+        return true;
+    }
+    flush_locked(c);
+    if (!must_close_locked(c))
+        rearm_locked(s, c);
+    if (must_close_locked(c)) {
+        close_and_unlock(s, c);
+        return true;
+    }
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&s->mu);
+    return true;
+}
+
+static napi_value serve_reply(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4], result;
+    int64_t id;
+    void *frame = NULL;
+    size_t len = 0;
+    bool end = false;
+    struct server *s = args(env, info, 4, argv, &id);
+    if (s == NULL ||
+        napi_get_buffer_info(env, argv[2], &frame, &len) != napi_ok ||
+        napi_get_value_bool(env, argv[3], &end) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "serveReply(handle, id, frame, end)");
+    napi_get_boolean(env, reply(s, (uint64_t)id, frame, len, end, false),
+                     &result);
+    return result;
+}
+
+static napi_value serve_close(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int64_t id;
+    struct server *s = args(env, info, 2, argv, &id);
+    if (s != NULL)
+        reply(s, (uint64_t)id, NULL, 0, false, true);
+    return NULL;
+}
+
+static napi_value serve_queued(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], result;
+    struct server *s = NULL;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+        return addon_throw(env, "ERR_INVALID_ARG", "serveQueued(handle)");
+    napi_get_boolean(env, atomic_load(&s->queued) > 0, &result);
+    return result;
+}
+
+static napi_value serve_stop(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    struct server *s = NULL;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+        return addon_throw(env, "ERR_INVALID_ARG", "serveStop(handle)");
+    server_stop(s, true);
+    return NULL;
+}
+
+napi_status serve_register(napi_env env, napi_value exports)
+{
+    const napi_property_descriptor props[] = {
+        {"serveStart", NULL, serve_start, NULL, NULL, NULL, napi_default, NULL},
+        {"serveAdopt", NULL, serve_adopt, NULL, NULL, NULL, napi_default, NULL},
+        {"serveGreeted", NULL, serve_greeted, NULL, NULL, NULL, napi_default,
+         NULL},
+        {"serveReply", NULL, serve_reply, NULL, NULL, NULL, napi_default, NULL},
+        {"serveClose", NULL, serve_close, NULL, NULL, NULL, napi_default, NULL},
+        {"serveQueued", NULL, serve_queued, NULL, NULL, NULL, napi_default,
+         NULL},
+        {"serveStop", NULL, serve_stop, NULL, NULL, NULL, napi_default, NULL},
+    };
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
+}
