@@ -8,56 +8,10 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { AgentClient } from '../dist/agent/client.js';
-import { FrameReader, MsgType, Tag, encodeFrame } from '../dist/wire/codec.js';
-
-const hello = (id = 1) => encodeFrame({ id, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: 1 }] });
-const ping = (id) => encodeFrame({ id, type: MsgType.PING, status: 0, fields: [] });
-const signFrame = (id, uri, msg) =>
-  encodeFrame({
-    id,
-    type: MsgType.SIGN,
-    status: 0,
-    fields: [
-      { tag: Tag.URI, value: uri },
-      { tag: Tag.ALGORITHM, value: 'ecdsa' },
-      { tag: Tag.DIGEST, value: 'sha256' },
-      { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
-    ],
-  });
-const describe = (id, uri) => encodeFrame({ id, type: MsgType.DESCRIBE, status: 0, fields: [{ tag: Tag.URI, value: uri }] });
-
-/** A raw connection: write bytes, collect reply frames by id. */
-function raw(socketPath) {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(socketPath);
-    const reader = new FrameReader();
-    const replies = new Map();
-    let waiters = [];
-    s.on('data', (d) => {
-      for (const f of reader.push(d)) replies.set(f.id, f);
-      waiters = waiters.filter((w) => !w());
-    });
-    s.on('error', () => {});
-    s.once('connect', () =>
-      resolve({
-        s,
-        replies,
-        /** Resolves when |n| replies have arrived; rejects after |ms|. */
-        until: (n, ms = 30_000) =>
-          new Promise((ok, fail) => {
-            const timer = setTimeout(() => fail(new Error(`${replies.size} of ${n} replies after ${ms} ms`)), ms);
-            const check = () => replies.size >= n && (clearTimeout(timer), ok(replies), true);
-            if (!check()) waiters.push(check);
-          }),
-        closed: new Promise((r) => s.once('close', r)),
-      }),
-    );
-    s.once('error', reject);
-  });
-}
+import { MsgType, Tag } from '../dist/wire/codec.js';
+import { describe, hello, ping, raw, signFrame } from './lib/agent-raw.mjs';
 
 async function world(t) {
   const box = sandbox(t);

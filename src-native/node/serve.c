@@ -400,8 +400,10 @@ static bool parse(struct server *s, struct conn *c, struct batch *b)
         c->in_flight++;
         pthread_mutex_unlock(&c->mu);
     }
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
+    if (off > 0) { /* c->in may be NULL when nothing was read */
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
     return more;
 }
 
@@ -663,6 +665,7 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
     if (c->fd < 0 || fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
         failed = strerror(errno);
 
+    uint32_t id = 0;
     pthread_mutex_lock(&s->mu);
     size_t slot = 0;
     while (slot < s->nslots && s->slots[slot] != NULL)
@@ -690,11 +693,13 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
         struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
                                  .data.u64 = c->id};
         s->slots[slot] = c;
+        id = c->id;
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
             failed = strerror(errno);
             s->slots[slot] = NULL;
         }
     }
+    /* From here a serving thread may close and free |c| at any time. */
     pthread_mutex_unlock(&s->mu);
     if (failed != NULL) {
         if (c->fd >= 0)
@@ -702,7 +707,7 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
         conn_free(c);
         return addon_throw(env, "ERR_SERVE", failed);
     }
-    napi_create_uint32(env, c->id, &result);
+    napi_create_uint32(env, id, &result);
     return result;
 }
 
