@@ -185,6 +185,32 @@ static enum io_result read_full(int fd, uint8_t *p, size_t n,
     return IO_OK;
 }
 
+/*
+ * Reads at least |min| and at most |max| bytes into |p|, waiting before each
+ * read: a reply is never there the moment its request has left, so a read
+ * first would only cost a system call to learn that.
+ */
+static enum io_result read_some(int fd, uint8_t *p, size_t min, size_t max,
+                                size_t *got, long long deadline)
+{
+    *got = 0;
+    while (*got < min) {
+        int w = wait_fd(fd, POLLIN, deadline);
+        if (w == 0)
+            return IO_TIMEOUT;
+        if (w < 0)
+            return IO_ERROR;
+        ssize_t r = recv(fd, p + *got, max - *got, MSG_DONTWAIT);
+        if (r > 0)
+            *got += (size_t)r;
+        else if (r == 0)
+            return IO_EOF;
+        else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+            return IO_ERROR;
+    }
+    return IO_OK;
+}
+
 static void no_agent(struct agent_channel *ch, struct kb_err *err, int e)
 {
     kb_err_set(err, KB_ERR_NO_AGENT,
@@ -205,7 +231,9 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
     uint32_t id = ((uint32_t)frame[4] << 24) | ((uint32_t)frame[5] << 16) |
                   ((uint32_t)frame[6] << 8) | frame[7];
     uint16_t type = (uint16_t)((frame[8] << 8) | frame[9]);
-    uint8_t hdr[4];
+    /* Most replies fit here whole: one read for all of it. */
+    uint8_t head[4096];
+    size_t got = 0;
     enum io_result r;
 
     *retryable = 0;
@@ -213,7 +241,7 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
     if (r == IO_ERROR && (errno == EPIPE || errno == ECONNRESET))
         *retryable = 1;
     if (r == IO_OK) {
-        r = read_full(fd, hdr, 4, deadline);
+        r = read_some(fd, head, 4, sizeof(head), &got, deadline);
         if (r == IO_EOF || (r == IO_ERROR && errno == ECONNRESET))
             *retryable = 1; /* closed before answering anything */
     }
@@ -230,20 +258,27 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
                    r == IO_EOF ? "closed by the agent" : strerror(errno));
         return 0;
     }
-    size_t size = kb_wire_frame_size(hdr);
-    if (size == 0) {
+    size_t size = kb_wire_frame_size(head);
+    if (size == 0 || got > size) {
+        /* one request in flight per connection: anything more is garbage */
+        explicit_bzero(head, got);
         kb_err_set(err, KB_ERR_PROTOCOL,
-                   "the kmsbridge agent at %s sent a frame of invalid length",
+                   size == 0 ? "the kmsbridge agent at %s sent a frame of "
+                               "invalid length"
+                             : "the kmsbridge agent at %s sent more than one "
+                               "reply",
                    ch->path);
         return 0;
     }
     uint8_t *buf = malloc(size);
     if (buf == NULL) {
+        explicit_bzero(head, got);
         kb_err_set(err, KB_ERR_NOMEM, "out of memory");
         return 0;
     }
-    memcpy(buf, hdr, 4);
-    r = read_full(fd, buf + 4, size - 4, deadline);
+    memcpy(buf, head, got);
+    explicit_bzero(head, got); /* a reply may carry a plaintext */
+    r = read_full(fd, buf + got, size - got, deadline);
     if (r != IO_OK) {
         free(buf);
         if (r == IO_TIMEOUT)
