@@ -421,11 +421,17 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
         c->eof = true;
         pthread_mutex_unlock(&c->mu);
     }
-    for (int turn = 0; parse(s, c, &b) && turn < READS_PER_TURN; turn++) {
+    /* A read shorter than the buffer took what had come: parse it and stop
+     * there rather than pay a system call to learn EAGAIN; the rearm is
+     * level-triggered and brings a thread back if more has come meanwhile. */
+    bool drained = false;
+    for (int turn = 0; parse(s, c, &b) && !drained && turn < READS_PER_TURN;
+         turn++) {
         ssize_t n = read(c->fd, chunk, READ_CHUNK);
         if (n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n)) {
             memcpy(c->in + c->in_len, chunk, (size_t)n);
             c->in_len += (size_t)n;
+            drained = (size_t)n < READ_CHUNK;
             continue;
         }
         if (n < 0 && errno == EINTR)
