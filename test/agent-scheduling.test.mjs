@@ -31,6 +31,20 @@ function runTimes(pid) {
   return ms;
 }
 
+/** Runs op(client, i) for i = 0..n-1 with four calls in flight on each client; returns the results in order. */
+async function fanOut(clients, n, op) {
+  const results = new Array(n);
+  let next = 0;
+  await Promise.all(
+    clients.flatMap((c) =>
+      Array.from({ length: 4 }, async () => {
+        for (let i = next++; i < n; i = next++) results[i] = await op(c, i);
+      }),
+    ),
+  );
+  return results;
+}
+
 const since = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, b[k] - a[k]]));
 const fmt = (r) => `main ${r.main.toFixed(1)} ms, serving threads ${r.serving.toFixed(1)} ms, other threads ${r.others.toFixed(1)} ms`;
 
@@ -89,18 +103,10 @@ t.test(
     const clients = await Promise.all(Array.from({ length: 8 }, () => AgentClient.connect(box.socket, { timeoutMs: 60_000 })));
     t.teardown(() => clients.forEach((c) => c.close()));
     const start = runTimes(pid);
-    const results = [];
-    let next = 0;
-    await Promise.all(
-      clients.flatMap((c) =>
-        Array.from({ length: 4 }, async () => {
-          for (let i = next++; i < 320; i = next++) {
-            const msg = Buffer.from(`concurrent ${i}`);
-            results.push([msg, await sign(c, msg, false)]);
-          }
-        }),
-      ),
-    );
+    const results = await fanOut(clients, 320, async (cl, i) => {
+      const msg = Buffer.from(`concurrent ${i}`);
+      return [msg, await sign(cl, msg, false)];
+    });
     const c = since(start, runTimes(pid));
     t.equal(results.length, 320);
     t.ok(
@@ -129,15 +135,7 @@ t.test(
     const d = since(d0, runTimes(pid));
     t.ok(d.main > 2 * d.others, `decryption one at a time: on the event loop (${fmt(d)})`);
     const d1 = runTimes(pid);
-    const many = [];
-    let k = 0;
-    await Promise.all(
-      clients.flatMap((cl) =>
-        Array.from({ length: 4 }, async () => {
-          while (k++ < 320) many.push(await decrypt(cl));
-        }),
-      ),
-    );
+    const many = await fanOut(clients, 320, (cl) => decrypt(cl));
     const dc = since(d1, runTimes(pid));
     t.ok(many.length === 320 && many.every((p) => p.equals(secret)), 'OAEP decryption, 320 from eight clients at once');
     t.ok(dc.others > dc.main / 2, `decryption under load: the pool does most of it (${fmt(dc)})`);
