@@ -14,14 +14,11 @@
  * its reply comes back through serveReply().
  *
  * The threads share one epoll set in which each connection is registered
- * edge-triggered: one thread serves a connection at a time (a thread that
- * gets an event for a connection being served leaves it to that thread,
- * which serves it once more), and connections are served in parallel. The
- * registration changes only when replies back up or reading resumes, so a
- * request costs a wake-up, a read and a send. A connection is not read while
- * maxInFlight of its requests are with JavaScript or more than OUT_LIMIT bytes
- * of its replies are unsent, so a peer that does not read its replies holds
- * nothing but its own connection. Frame bounds are the fuzzed codec's (wire.c).
+ * one-shot: one thread serves a connection at a time, and connections are
+ * served in parallel. A connection is not read while maxInFlight of its
+ * requests are with JavaScript or more than OUT_LIMIT bytes of its replies
+ * are unsent, so a peer that does not read its replies holds nothing but
+ * its own connection. Frame bounds are the fuzzed codec's (wire.c).
  *
  * Locks: the server's mutex (the connection table) before a connection's.
  * A connection is freed only with both held and while no thread serves it;
@@ -82,10 +79,7 @@ struct conn {
     uint8_t *out;
     size_t out_off, out_len, out_cap;
     unsigned in_flight; /* frames with JavaScript, not answered yet */
-    bool serving;       /* a thread is serving it */
-    bool again;         /* an event or a reply came meanwhile: serve again */
-    uint32_t pending;   /* the events of an event that found it served */
-    uint32_t events;    /* what its registration asks for now */
+    bool serving;       /* a thread has it (its one-shot event fired) */
     bool eof;           /* the peer closed its side */
     bool ending;        /* close once the replies are sent (serveReply end) */
     bool closing;       /* close as soon as nobody serves it */
@@ -180,6 +174,18 @@ static void flush_locked(struct conn *c)
 static size_t unsent(const struct conn *c)
 {
     return c->out_len - c->out_off;
+}
+
+/* The size of the next whole frame in the input, 0 if none is complete
+ * yet; SIZE_MAX for a length outside the spec's bounds. */
+static size_t next_frame(const struct conn *c)
+{
+    if (c->in_len < 4)
+        return 0;
+    size_t size = kb_wire_frame_size(c->in);
+    if (size == 0)
+        return SIZE_MAX;
+    return c->in_len >= size ? size : 0;
 }
 
 static bool may_read_locked(const struct server *s, const struct conn *c)
@@ -284,22 +290,19 @@ static void close_and_unlock(struct server *s, struct conn *c)
     emit_closed(s, id, reason);
 }
 
-/* Keeps the registration in step: readable always, writable only while
- * replies wait to be sent (a peer reading its replies would otherwise wake a
- * thread each time). |nudge|: ask for writable once anyway, which is true at
- * once, so that a thread comes to parse frames read while reading was
- * paused, or to read what came meanwhile. */
-static void watch_locked(struct server *s, struct conn *c, bool nudge)
+/* Arms the one-shot registration for what the connection needs next. */
+static void rearm_locked(struct server *s, struct conn *c)
 {
-    uint32_t events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-    if (unsent(c) > 0 || nudge)
+    uint32_t events = EPOLLONESHOT;
+    if (may_read_locked(s, c))
+        events |= EPOLLIN;
+    /* Writable fires at once: used also to get a thread to parse frames
+     * already read while reading was paused. */
+    if (unsent(c) > 0 || (next_frame(c) != 0 && may_read_locked(s, c)))
         events |= EPOLLOUT;
-    if (events == c->events && !nudge)
-        return;
     struct epoll_event ev = {.events = events, .data.u64 = c->id};
     if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
         c->broken = "could not watch the connection (epoll_ctl)";
-    c->events = events;
 }
 
 /* ---- serving one connection -------------------------------------------- */
@@ -410,7 +413,6 @@ static bool parse(struct server *s, struct conn *c, struct batch *b)
 static void serve(struct server *s, struct conn *c, uint32_t events,
                   uint8_t *chunk)
 {
-again:;
     struct batch b = {0};
     if (events & (EPOLLERR | EPOLLHUP)) {
         /* Both directions are gone: requests still unread have nobody to
@@ -420,19 +422,16 @@ again:;
         pthread_mutex_unlock(&c->mu);
     }
     /* A read shorter than the buffer took what had come: parse it and stop
-     * there rather than pay a system call to learn EAGAIN: whatever comes
-     * later raises a new edge. */
+     * there rather than pay a system call to learn EAGAIN; the rearm is
+     * level-triggered and brings a thread back if more has come meanwhile. */
     bool drained = false;
-    /* Unless the peer has closed its side: then read on to the end, or the
-     * end would go unseen (it raises no edge of its own after this one). */
-    bool to_end = (events & EPOLLRDHUP) != 0;
-    int turn = 0;
-    for (; parse(s, c, &b) && !drained && turn < READS_PER_TURN; turn++) {
+    for (int turn = 0; parse(s, c, &b) && !drained && turn < READS_PER_TURN;
+         turn++) {
         ssize_t n = read(c->fd, chunk, READ_CHUNK);
         if (n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n)) {
             memcpy(c->in + c->in_len, chunk, (size_t)n);
             c->in_len += (size_t)n;
-            drained = !to_end && (size_t)n < READ_CHUNK;
+            drained = (size_t)n < READ_CHUNK;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -448,12 +447,6 @@ again:;
         pthread_mutex_unlock(&c->mu);
         break;
     }
-    if (turn == READS_PER_TURN) {
-        /* edge-triggered: what is left brings no new event */
-        pthread_mutex_lock(&c->mu);
-        c->again = true;
-        pthread_mutex_unlock(&c->mu);
-    }
     if (c->in_len == 0 && c->in_cap > KEEP_BUFFER) {
         free(c->in);
         c->in = NULL;
@@ -462,20 +455,9 @@ again:;
     batch_emit(s, c, &b);
 
     pthread_mutex_lock(&c->mu);
-    bool could_read = may_read_locked(s, c);
     flush_locked(c);
-    if (!could_read && may_read_locked(s, c))
-        c->again = true; /* the replies drained: read on (no edge will say) */
     if (!must_close_locked(c))
-        watch_locked(s, c, false);
-    if (!must_close_locked(c) && c->again) {
-        /* an event found it busy, or a reply changed what it may do */
-        c->again = false;
-        events = c->pending | (to_end ? EPOLLRDHUP : 0);
-        c->pending = 0;
-        pthread_mutex_unlock(&c->mu);
-        goto again;
-    }
+        rearm_locked(s, c);
     if (!must_close_locked(c)) {
         c->serving = false;
         pthread_mutex_unlock(&c->mu);
@@ -506,11 +488,7 @@ static void *serve_thread(void *arg)
             struct conn *c = lookup_locked(s, evs[i].data.u64);
             if (c != NULL) {
                 pthread_mutex_lock(&c->mu);
-                bool taken = c->serving;
-                if (taken) { /* its thread serves it once more */
-                    c->again = true;
-                    c->pending |= evs[i].events;
-                }
+                bool taken = c->serving; /* it rearmed and another fired */
                 c->serving = true;
                 pthread_mutex_unlock(&c->mu);
                 if (taken)
@@ -718,8 +696,8 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
     if (failed == NULL) {
         s->gens[slot] = (uint16_t)((s->gens[slot] + 1) & 0xfff);
         c->id = (uint32_t)slot | ((uint32_t)s->gens[slot] << SLOT_BITS);
-        c->events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-        struct epoll_event ev = {.events = c->events, .data.u64 = c->id};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+                                 .data.u64 = c->id};
         s->slots[slot] = c;
         id = c->id;
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
@@ -767,7 +745,6 @@ static bool reply(struct server *s, uint64_t id, const uint8_t *frame,
         return false;
     }
     pthread_mutex_lock(&c->mu);
-    bool could_read = may_read_locked(s, c);
     if (frame != NULL) {
         out_append_locked(c, frame, len);
         if (c->in_flight > 0)
@@ -776,15 +753,14 @@ static bool reply(struct server *s, uint64_t id, const uint8_t *frame,
     c->ending = c->ending || end;
     c->closing = c->closing || close_now;
     if (c->serving) {
-        /* Its thread sends, and reads again if it may now. */
-        c->again = true;
+        /* Its thread sends and rearms when it finishes. */
         pthread_mutex_unlock(&c->mu);
         pthread_mutex_unlock(&s->mu);
         return true;
     }
     flush_locked(c);
     if (!must_close_locked(c))
-        watch_locked(s, c, !could_read && may_read_locked(s, c));
+        rearm_locked(s, c);
     if (must_close_locked(c)) {
         close_and_unlock(s, c);
         return true;
