@@ -16,9 +16,12 @@
  * open), and a pid check does the same if a process was forked some other
  * way. A child therefore always opens its own connection.
  *
- * Recovery: an idle connection the agent has closed (agent restarted) is
- * detected before use; a write that fails on a reused connection is retried
- * once on a fresh one. Nothing is sticky: every call tries to connect again.
+ * Recovery: a request on a pooled connection the agent has closed (agent
+ * restarted) fails at once, before anything is sent (EPIPE), or finds the end
+ * before any reply; the pool's other idle connections are then dropped too
+ * (they lead to the same agent) and the request is retried once on a fresh
+ * one. No check before each use: that was a system call per request, under
+ * the pool's lock. Nothing is sticky: every call tries to connect again.
  */
 #include "channel.h"
 #include "log.h"
@@ -445,15 +448,25 @@ static struct conn *conn_open(struct agent_channel *ch, struct kb_err *err)
     return c;
 }
 
-/* An idle connection is healthy if nothing is readable (EOF means closed). */
-static int conn_alive(const struct conn *c)
+/* Closes the idle connections: after one was found closed by the agent, the
+ * others lead to the same (gone) agent. */
+static void conns_drop_idle(struct agent_channel *ch)
 {
-    struct pollfd p = {c->fd, POLLIN, 0};
-    int r = poll(&p, 1, 0);
-    return r == 0;
+    pthread_mutex_lock(&ch->lock);
+    for (struct conn **pp = &ch->conns; *pp != NULL;) {
+        struct conn *c = *pp;
+        if (c->busy) {
+            pp = &c->next;
+            continue;
+        }
+        *pp = c->next;
+        close(c->fd);
+        free(c);
+    }
+    pthread_mutex_unlock(&ch->lock);
 }
 
-/* Takes an idle healthy connection, or NULL. Sets *reused. */
+/* Takes an idle connection, or NULL. */
 static struct conn *conn_take_idle(struct agent_channel *ch)
 {
     struct conn *found = NULL;
@@ -464,25 +477,11 @@ static struct conn *conn_take_idle(struct agent_channel *ch)
         conns_drop_all(ch);
         ch->pid = getpid();
     }
-    for (;;) {
-        found = NULL;
-        for (struct conn *c = ch->conns; c != NULL; c = c->next) {
-            if (!c->busy) {
-                found = c;
-                break;
-            }
-        }
-        if (found == NULL || conn_alive(found))
+    for (struct conn *c = ch->conns; c != NULL; c = c->next) {
+        if (!c->busy) {
+            found = c;
             break;
-        /* the agent closed it (restart, idle timeout): forget it */
-        for (struct conn **pp = &ch->conns; *pp != NULL; pp = &(*pp)->next) {
-            if (*pp == found) {
-                *pp = found->next;
-                break;
-            }
         }
-        close(found->fd);
-        free(found);
     }
     if (found != NULL)
         found->busy = 1;
@@ -567,6 +566,7 @@ static int agent_call(struct kb_channel *base, struct kb_buf *req,
         conn_close(ch, c);
         if (!(reused && retryable))
             return 0;
+        conns_drop_idle(ch);
         KB_LOG("stale agent connection, reconnecting to %s", ch->path);
     }
     return 0;
