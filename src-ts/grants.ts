@@ -2,7 +2,8 @@
  * Grants (src-native/node/grants.c): after the KeyService has checked and run
  * a SIGN with a key that lives in this process, the same operation may run
  * again without the KeyService's dispatch: on the caller's thread in the
- * in-process mode, straight from the agent's socket handler for that peer.
+ * in-process mode, by the agent's serving threads for that peer
+ * (src-native/node/serve.c).
  * The KeyService decides every grant (KeyService.grant); this keeps the table
  * in step: a deleted key's grants end, and all of them end on close.
  */

@@ -120,7 +120,7 @@ t.test('peers that vanish mid-frame or with requests in flight leave the agent s
   const f = await after.request(MsgType.DESCRIBE, [{ tag: Tag.URI, value: uri }]);
   t.ok(f, 'a new client is served');
   t.equal(agent.child.exitCode, null, 'the agent is running');
-  t.notMatch(agent.log(), /closed connection from .*: (?!the peer)/, 'no connection was closed for a fault of the agent');
+  t.notMatch(agent.log(), /closed connection from/, 'no connection was closed for a fault of the agent');
 });
 
 t.test('600 connections coming and going, 100 open at once: each gets its own replies', async (t) => {

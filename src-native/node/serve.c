@@ -94,7 +94,6 @@ struct server {
     atomic_bool stopping;
     bool stopped;
     atomic_long queued; /* frames given to JavaScript and not yet taken */
-    napi_env env;
     napi_threadsafe_function tsfn;
     pthread_mutex_t mu;
     struct conn **slots;
@@ -336,20 +335,16 @@ static int answer_here(struct conn *c, const uint8_t *frame, size_t len)
     if (!atomic_load(&c->greeted))
         return 0;
     uint16_t type = (uint16_t)((frame[8] << 8) | frame[9]);
-    if (type == KB_MSG_PING) {
-        uint8_t reply[KB_WIRE_HEADER_LEN] = {0, 0, 0, 8};
-        memcpy(reply + 4, frame + 4, 4); /* the request id */
-        reply[8] = (uint8_t)((KB_MSG_PING | KB_WIRE_REPLY_BIT) >> 8);
-        reply[9] = (uint8_t)(KB_MSG_PING & 0xff);
-        pthread_mutex_lock(&c->mu);
-        out_append_locked(c, reply, sizeof(reply));
-        pthread_mutex_unlock(&c->mu);
-        return 1;
-    }
-    if (type != KB_MSG_SIGN)
-        return 0;
     struct kb_buf out = {0};
-    int done = grants_answer(frame, len, c->pid, c->uid, &out);
+    int done = 0;
+    if (type == KB_MSG_PING) {
+        uint32_t id = ((uint32_t)frame[4] << 24) | ((uint32_t)frame[5] << 16) |
+                      ((uint32_t)frame[6] << 8) | frame[7];
+        kb_frame_begin(&out, id, KB_MSG_PING | KB_WIRE_REPLY_BIT, KB_STATUS_OK);
+        done = kb_frame_end(&out);
+    } else if (type == KB_MSG_SIGN) {
+        done = grants_answer(frame, len, c->pid, c->uid, &out);
+    }
     if (done) {
         pthread_mutex_lock(&c->mu);
         out_append_locked(c, out.data, out.len);
@@ -591,7 +586,6 @@ static napi_value serve_start(napi_env env, napi_callback_info info)
         return addon_throw(env, "ERR_NO_MEMORY", "serveStart: out of memory");
     uint32_t threads = get_opt(env, argv[1], "threads", 2);
     s->max_in_flight = get_opt(env, argv[1], "maxInFlight", 256);
-    s->env = env;
     pthread_mutex_init(&s->mu, NULL);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
