@@ -13,6 +13,7 @@
         "src-native/node/serve.c",
         "src-native/node/bridge.c",
         "src-native/node/grants.c",
+        "src-native/node/pkcs11_sign.c",
         "src-native/node/register.c",
         "src-native/node/bench.c",
         "src-native/common/wire.c",
@@ -24,7 +25,7 @@
         "<!@(node -p \"require('fs').readdirSync('src-native/provider').filter(f => f.endsWith('.c')).map(f => 'src-native/provider/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('src-native/engine').filter(f => f.endsWith('.c')).map(f => 'src-native/engine/' + f).join(' ')\")"
       ],
-      "include_dirs": ["src-native/common", "src-native/provider"],
+      "include_dirs": ["src-native/common", "src-native/provider", "/usr/include/p11-kit-1"],
       "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-fvisibility=hidden", "-pthread"],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8", "OPENSSL_API_COMPAT=30000", "KB_NODE_ADDON"]
     }

@@ -26,6 +26,8 @@ const NEEDS = {
     { pkg: 'gcc', check: () => hasCommand('cc') },
     { pkg: 'pkg-config', check: () => hasCommand('pkg-config') },
     { pkg: 'libssl-dev', check: () => fs.existsSync('/usr/include/openssl/core_dispatch.h') },
+    // PKCS#11's types, for the agent's threads that sign on a token (src-native/node/pkcs11_sign.c)
+    { pkg: 'libp11-kit-dev', check: () => fs.existsSync('/usr/include/p11-kit-1/p11-kit/pkcs11.h') },
     { pkg: 'openssl', check: () => hasCommand('openssl') },
   ],
   test: [

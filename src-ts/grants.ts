@@ -13,13 +13,23 @@ import type { Digest, SignAlgorithm } from './types.js';
 import { MsgType, Tag, type Frame } from './wire/codec.js';
 import { Fields } from './wire/fields.js';
 
+export interface GrantsOptions {
+  /** Where granted operations write their audit line (-1: none). */
+  auditFd: number;
+  /**
+   * Keys on PKCS#11 tokens: how many of the agent's serving threads may sign
+   * inside one module at once (0 or absent: no PKCS#11 grants). Only for the
+   * agent's peers; in-process callers are the application's own threads.
+   */
+  pkcs11MaxInside?: number;
+}
+
 export class Grants {
   private closed = false;
 
-  /** auditFd: where granted operations write their audit line (-1: none). */
   constructor(
     private readonly ks: KeyService,
-    private readonly auditFd: number,
+    private readonly opts: GrantsOptions,
   ) {}
 
   /** After a request succeeded; uid: the peer the grant is for (undefined: any caller in this process). */
@@ -35,9 +45,26 @@ export class Grants {
     const mgf1Digest = f.string(Tag.MGF1_DIGEST) as Digest | undefined;
     const saltLength = f.u32(Tag.SALT_LENGTH);
     const optional = { ...(mgf1Digest ? { mgf1Digest } : {}), ...(saltLength !== undefined ? { saltLength } : {}) };
-    void this.ks.grant(uri, { algorithm, data: f.requireBytes(Tag.DATA), ...(digest ? { digest } : {}), ...optional }).then((g) => {
+    const maxInside = uid !== undefined ? (this.opts.pkcs11MaxInside ?? 0) : 0;
+    const request = { algorithm, data: f.requireBytes(Tag.DATA), ...(digest ? { digest } : {}), ...optional };
+    void this.ks.grant(uri, request, { tokenThreads: maxInside }).then((g) => {
       if (!g || this.closed || !digest) return;
-      native().grantSign({ ...g, uri, algorithm, digest, ...optional, auditFd: this.auditFd, ...(uid !== undefined ? { uid } : {}) });
+      const base = {
+        uri,
+        keyring: g.keyring,
+        algorithm,
+        digest,
+        ...optional,
+        dataLength: g.dataLength,
+        auditFd: this.opts.auditFd,
+        ...(uid !== undefined ? { uid } : {}),
+      };
+      try {
+        if (!('pkcs11' in g)) native().grantSign({ ...base, key: g.key, file: g.file, ino: g.ino, mtimeMs: g.mtimeMs, size: g.size });
+        else if (g.stillValid()) native().grantSign({ ...base, pkcs11: { ...g.pkcs11, maxInside } });
+      } catch {
+        // No grant (the table is full, the module is not the one loaded): the KeyService keeps answering.
+      }
     });
   }
 

@@ -13,7 +13,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { ErrorCode, KmsError, asKmsError, badRequest, keyUnusable, notFound, unsupported } from './errors.js';
 import type { Config, KeyringConfig } from './config.js';
-import type { Backend, BackendGrant, Progress } from './backends/backend.js';
+import type { Backend, BackendGrant, GrantOptions, Progress } from './backends/backend.js';
 import { native, type NativeKeyHandle, type NativeOpOptions } from './native.js';
 import { BACKENDS, createBackend, type BackendFactory } from './backends/index.js';
 import { formatKeyUri, parseKeyUri, type KeyUri } from './uri.js';
@@ -33,8 +33,8 @@ import {
 
 export const MAX_RANDOM = 65536;
 
-/** A signature the caller's thread may run itself (KeyService.grant). */
-export type SignGrant = BackendGrant & { dataLength: number };
+/** A signature that may run without the KeyService's dispatch (KeyService.grant). */
+export type SignGrant = BackendGrant & { keyring: string; dataLength: number };
 
 interface Keyring {
   config: KeyringConfig;
@@ -152,19 +152,22 @@ export class KeyService {
   }
 
   /**
-   * For the in-process fast path: what the caller's thread needs to run this
-   * signature itself, if the KeyService would approve it and the key lives in
-   * this process (a local keyring without injected latency). Undefined
+   * For the fast paths (grants): what a thread needs to run this signature
+   * without the dispatch, if the KeyService would approve it and the backend
+   * can hand the key over (a local key, or, with tokenThreads, a key on a PKCS#11
+   * token this process is logged in to; no injected latency). Undefined
    * otherwise; never an error.
    */
-  async grant(uri: string, req: SignRequest): Promise<SignGrant | undefined> {
+  async grant(uri: string, req: SignRequest, opts: GrantOptions): Promise<SignGrant | undefined> {
     try {
       const { parsed, kr } = this.resolve(uri);
       const backend = kr.backend;
       if (!backend.grant || kr.config.injectLatencyMs > 0 || req.digest === undefined) return undefined;
+      if (backend.type === 'pkcs11' && opts.tokenThreads < 1) return undefined;
       if (req.algorithm !== 'rsa-pkcs1' && req.algorithm !== 'rsa-pss' && req.algorithm !== 'ecdsa') return undefined;
       checkSignature(kr.config, await this.describeRaw(uri), req, 'sign');
-      return { ...(await backend.grant(parsed.keyId)), dataLength: DIGEST_SIZE[req.digest] };
+      const g = await this.call(kr, `grant ${uri}`, (s) => backend.grant!(parsed.keyId, req, s, opts));
+      return g && { ...g, keyring: kr.config.name, dataLength: DIGEST_SIZE[req.digest] };
     } catch {
       return undefined;
     }

@@ -2,6 +2,16 @@ import path from 'node:path';
 import nodeGypBuild from 'node-gyp-build';
 
 /** The slice of kmsbridge.node that the TypeScript side calls. */
+/** A signature on a PKCS#11 token that the agent's serving threads may run (pkcs11_sign.c). */
+export interface NativePkcs11Grant {
+  /** The library path the backend loaded and initialized: found, never loaded, by the addon. */
+  module: string;
+  slot: number;
+  object: number;
+  /** How many serving threads may be inside the module at once; the others leave requests to the KeyService. */
+  maxInside: number;
+}
+
 export interface NativeKeyHandle {
   readonly __brand: 'NativeKeyHandle';
 }
@@ -53,23 +63,28 @@ export interface NativeAddon {
    * Grants (grants.c): lets this approved signature run without the KeyService's dispatch, on the
    * bridge caller's thread (uid absent) or for one agent peer (signGranted). auditFd -1: no audit.
    */
-  grantSign(grant: {
-    uri: string;
-    algorithm: string;
-    digest: string;
-    mgf1Digest?: string;
-    saltLength?: number;
-    dataLength: number;
-    key: NativeKeyHandle;
-    file: string;
-    ino: number;
-    mtimeMs: number;
-    size: number;
-    auditFd: number;
-    uid?: number;
-  }): void;
+  grantSign(
+    grant: {
+      uri: string;
+      keyring: string;
+      algorithm: string;
+      digest: string;
+      mgf1Digest?: string;
+      saltLength?: number;
+      dataLength: number;
+      auditFd: number;
+      uid?: number;
+    } & ({ key: NativeKeyHandle; file: string; ino: number; mtimeMs: number; size: number } | { pkcs11: NativePkcs11Grant }),
+  ): void;
   /** Ends the grants of one URI, or all of them. */
   revokeGrants(uri?: string): void;
+  /** Ends every grant of one keyring (a PKCS#11 token reset, a delete, close). */
+  revokeKeyringGrants(keyring: string): void;
+  /**
+   * After a keyring's grants are revoked: true once no serving thread is inside the PKCS#11 module
+   * at `path` (pkcs11_sign.c), false after timeoutMs. The module may be finalized only after true.
+   */
+  pkcs11Quiesce(path: string, timeoutMs: number): boolean;
   /** What the agent's threads do with a peer's SIGN (serve.c): the reply frame if a grant for this uid covered it, else null. */
   signGranted(frame: Buffer, pid: number, uid: number): Buffer | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */

@@ -10,26 +10,9 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
+import { formatRunTimes, runTimes, since } from './lib/proc.mjs';
 import { AgentClient } from '../dist/agent/client.js';
 import { MsgType, Tag } from '../dist/wire/codec.js';
-
-/** Milliseconds each kind of thread of |pid| has run (schedstat). */
-function runTimes(pid) {
-  const ms = { main: 0, serving: 0, others: 0 };
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    let ns;
-    let name;
-    try {
-      ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
-      name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-    } catch {
-      continue; // a thread that ended meanwhile
-    }
-    const kind = Number(tid) === pid ? 'main' : name === 'kmsbridge-serve' ? 'serving' : 'others';
-    ms[kind] += ns / 1e6;
-  }
-  return ms;
-}
 
 /** Runs op(client, i) for i = 0..n-1 with four calls in flight on each client; returns the results in order. */
 async function fanOut(clients, n, op) {
@@ -45,8 +28,7 @@ async function fanOut(clients, n, op) {
   return results;
 }
 
-const since = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, b[k] - a[k]]));
-const fmt = (r) => `main ${r.main.toFixed(1)} ms, serving threads ${r.serving.toFixed(1)} ms, other threads ${r.others.toFixed(1)} ms`;
+const fmt = formatRunTimes;
 
 t.test(
   'RSA through the agent: granted signatures on the serving threads; decryption on the event loop one at a time, on the pool under load; right in all',

@@ -51,9 +51,10 @@ const digest = crypto.createHash('sha256').update('granted').digest();
 const ecFile = keyFile('ec.key');
 const rsaFile = keyFile('rsa.key');
 
-addon.grantSign({ uri: 'kms:t/ec', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...ecFile, auditFd, uid: 1001 });
+addon.grantSign({ uri: 'kms:t/ec', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...ecFile, auditFd, uid: 1001 });
 addon.grantSign({
   uri: 'kms:t/rsa',
+  keyring: 't',
   algorithm: 'rsa-pss',
   digest: 'sha256',
   saltLength: 32,
@@ -112,10 +113,25 @@ t.test('anything but the granted operation, peer and key file goes to the KeySer
 
 t.test('revoked grants answer nothing', async (t) => {
   const file = keyFile('again.key');
-  addon.grantSign({ uri: 'kms:t/again', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
+  addon.grantSign({ uri: 'kms:t/again', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
   t.ok(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5), 'granted');
   addon.revokeGrants('kms:t/again');
   t.equal(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5), null, 'revoked');
+  addon.grantSign({
+    uri: 'kms:other/k',
+    keyring: 'other',
+    algorithm: 'ecdsa',
+    digest: 'sha256',
+    dataLength: 32,
+    key: handle(ec),
+    ...file,
+    auditFd: -1,
+    uid: 5,
+  });
+  addon.grantSign({ uri: 'kms:kept/k', keyring: 'kept', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
+  addon.revokeKeyringGrants('other');
+  t.equal(addon.signGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5), null, "a keyring's grants revoked together");
+  t.ok(addon.signGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5), "another keyring's kept");
   t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
 });
 

@@ -21,6 +21,8 @@ static napi_value init(napi_env env, napi_value exports)
         return NULL;
     if (grants_register(env, exports) != napi_ok)
         return NULL;
+    if (pkcs11_sign_register(env, exports) != napi_ok)
+        return NULL;
     if (bench_register(env, exports) !=
         napi_ok) /* channelPing, for npm run bench */
         return NULL;

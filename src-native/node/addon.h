@@ -43,6 +43,25 @@ int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
 /* Forgets every grant and the audit descriptor (the worker is going). */
 void grants_clear(void);
 
+/* pkcs11_sign.c: signatures on a PKCS#11 token for the agent's grants. */
+napi_status pkcs11_sign_register(napi_env env, napi_value exports);
+struct p11_module;
+struct p11_key {
+    unsigned long slot;
+    unsigned long object;
+};
+/* The module at |path| that the backend loaded (never loads one itself). */
+struct p11_module *p11_module_find(const char *path, char *err, size_t errlen);
+/* 1 if fewer than |max_inside| threads are inside the module (this one now
+ * counts), 0 if the caller must leave the request to the KeyService. */
+int p11_module_enter(struct p11_module *m, int max_inside);
+void p11_module_leave(struct p11_module *m);
+/* 1 with an OPENSSL_malloc'ed signature (DER for ECDSA), 0 on any error. */
+int p11_sign(struct p11_module *m, const struct p11_key *key,
+             const char *algorithm, const char *digest, const char *mgf1,
+             int64_t salt, const uint8_t *data, size_t len, unsigned char **out,
+             size_t *out_len);
+
 struct kb_channel;
 /* The process-wide N-API bridge channel; a non-zero timeout replaces its
  * default. */

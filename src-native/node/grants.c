@@ -18,14 +18,21 @@
  * The agent uses the same table for its peers: a grant made after a peer's
  * approved SIGN names that peer's uid, and the agent's serving threads
  * (serve.c) answer a matching SIGN from that uid themselves, before any
- * JavaScript.
+ * JavaScript. For the agent's peers a grant may also name a key on a PKCS#11
+ * token (module, slot, object handle): the serving thread then signs on the
+ * token itself (pkcs11_sign.c). Those are never offered to in-process callers,
+ * whose threads are the application's own and must not wait on a token
+ * without the KeyService's timeout.
  *
  * JS surface:
- *   grantSign({ uri, algorithm, digest, mgf1Digest?, saltLength?, dataLength,
- *               key, file, ino, mtimeMs, size, auditFd, uid? })
+ *   grantSign({ uri, keyring, algorithm, digest, mgf1Digest?, saltLength?,
+ *               dataLength, auditFd, uid?,
+ *               key, file, ino, mtimeMs, size            a local key, or
+ *               pkcs11: { module, slot, object, maxInside }  a token's })
  *                            uid: the only peer it is for (absent: any
  *                            caller of this process's bridge)
  *   revokeGrants(uri?)       one URI's grants, or all of them
+ *   revokeKeyringGrants(keyring)  every grant of one keyring
  *   signGranted(frame, pid, uid) -> reply frame | null
  *                            what serve.c does for an agent peer
  */
@@ -48,25 +55,35 @@
 
 #define MAX_GRANTS 256
 
+enum grant_kind { GRANT_LOCAL, GRANT_PKCS11 };
+
 struct grant {
+    enum grant_kind kind;
     char *uri;
+    char *keyring;
     char algorithm[16]; /* "rsa-pkcs1", "rsa-pss", "ecdsa" */
     char digest[16];
     char mgf1[16];   /* "" when the request carries none */
     int64_t salt;    /* -1 when the request carries none */
     size_t data_len; /* the digest's length */
-    EVP_PKEY *pkey;  /* one reference */
-    char *file;      /* the key file and its identity when it was read */
+    int64_t uid;     /* the peer it is for; -1: any caller in this process */
+    /* GRANT_LOCAL */
+    EVP_PKEY *pkey; /* one reference */
+    char *file;     /* the key file and its identity when it was read */
     uint64_t ino;
     double mtime_ms;
     int64_t size;
-    int64_t uid; /* the peer it is for; -1: any caller in this process */
+    /* GRANT_PKCS11 */
+    struct p11_module *module;
+    struct p11_key p11;
+    int max_inside; /* serving threads inside the module at once */
 };
 
 /* Who asks, for matching and for the audit line. */
 struct caller {
     long pid;
     unsigned long uid;
+    int agent_peer; /* a serving thread for an agent peer, not the bridge */
 };
 
 /* Writer-preferring: a close() must not wait behind a stream of signatures. */
@@ -80,6 +97,7 @@ static int audit_fd = -1;          /* the worker's audit file, or -1 */
 static void grant_free(struct grant *g)
 {
     free(g->uri);
+    free(g->keyring);
     free(g->file);
     EVP_PKEY_free(g->pkey);
     memset(g, 0, sizeof(*g));
@@ -94,10 +112,14 @@ static void remove_locked(size_t i)
     atomic_store(&ngrants_hint, ngrants);
 }
 
-static void revoke_locked(const char *uri)
+/* Drops the grants of |uri|, or of |keyring|, or (both NULL) all of them. */
+static void revoke_locked(const char *uri, const char *keyring)
 {
     for (size_t i = 0; i < ngrants;) {
-        if (uri == NULL || strcmp(grants[i].uri, uri) == 0)
+        const struct grant *g = &grants[i];
+        if ((uri == NULL && keyring == NULL) ||
+            (uri != NULL && strcmp(g->uri, uri) == 0) ||
+            (keyring != NULL && strcmp(g->keyring, keyring) == 0))
             remove_locked(i);
         else
             i++;
@@ -107,7 +129,7 @@ static void revoke_locked(const char *uri)
 void grants_clear(void)
 {
     pthread_rwlock_wrlock(&lock);
-    revoke_locked(NULL);
+    revoke_locked(NULL, NULL);
     audit_fd = -1;
     pthread_rwlock_unlock(&lock);
 }
@@ -139,6 +161,7 @@ static int matches(const struct grant *g, const struct caller *c,
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
     return (g->uid < 0 || (unsigned long)g->uid == c->uid) &&
+           (g->kind == GRANT_LOCAL || c->agent_peer) &&
            string_is(m, KB_TAG_URI, g->uri) &&
            string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
            string_is(m, KB_TAG_DIGEST, g->digest) &&
@@ -159,11 +182,11 @@ static int file_unchanged(const struct grant *g)
            (int64_t)st.st_size == g->size;
 }
 
-static void json_string(FILE *f, const char *s)
+static void json_string(FILE *f, const char *s, size_t len)
 {
     fputc('"', f);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\')
             fprintf(f, "\\%c", c);
         else if (c < 0x20)
@@ -174,10 +197,19 @@ static void json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* What an audit line names; the strings are the request's, which matched. */
+struct audited {
+    const char *uri;
+    size_t uri_len;
+    char algorithm[16];
+    char digest[16];
+};
+
 /* The worker's audit line (src-ts/audit.ts), written before the answer. */
-static void audit(const struct grant *g, const struct caller *c, double ms)
+static void audit(int fd, const struct audited *a, const struct caller *c,
+                  double ms)
 {
-    if (audit_fd < 0)
+    if (fd < 0)
         return;
     char *line = NULL;
     size_t len = 0;
@@ -192,15 +224,15 @@ static void audit(const struct grant *g, const struct caller *c, double ms)
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(f, "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":", when,
             now.tv_nsec / 1000000L, c->pid, c->uid);
-    json_string(f, g->uri);
+    json_string(f, a->uri, a->uri_len);
     fprintf(f,
             ",\"op\":\"sign\",\"alg\":\"%s\",\"digest\":\"%s\","
             "\"outcome\":\"ok\",\"ms\":%.6f}\n",
-            g->algorithm, g->digest, ms);
+            a->algorithm, a->digest, ms);
     if (fclose(f) == 0) {
         ssize_t n;
         do
-            n = write(audit_fd, line, len);
+            n = write(fd, line, len);
         while (n < 0 && errno == EINTR);
     }
     free(line);
@@ -211,6 +243,29 @@ static double now_ms(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int reply_signature(struct kb_buf *out, uint32_t id,
+                           const unsigned char *sig, size_t sig_len)
+{
+    kb_frame_begin(out, id, KB_MSG_SIGN | KB_WIRE_REPLY_BIT, KB_STATUS_OK);
+    kb_frame_bytes(out, KB_TAG_RESULT, sig, sig_len);
+    return kb_frame_end(out);
+}
+
+/* A local key: signed under the read lock (in memory, microseconds). */
+static int sign_local(const struct grant *g, const struct kb_wire_field *data,
+                      unsigned char **sig, size_t *sig_len)
+{
+    if (!file_unchanged(g))
+        return 0;
+    const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
+                          : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
+                                                                 : "none";
+    char err[320];
+    return local_crypto_sign(g->pkey, padding, g->digest, g->mgf1, (int)g->salt,
+                             data->val, data->len, sig, sig_len, err,
+                             sizeof(err));
 }
 
 /* Runs a granted SIGN: 1 with the encoded reply in |out|, 0 if no grant
@@ -227,42 +282,56 @@ static int sign_granted(const uint8_t *frame, size_t len,
     if (!kb_wire_decode(frame, len, &m, why, sizeof(why)))
         return 0; /* the KeyService reports it */
     const struct kb_wire_field *data = field(m, KB_TAG_DATA);
-    int done = 0;
+    const struct kb_wire_field *uri = field(m, KB_TAG_URI);
+    unsigned char *sig = NULL;
+    size_t sig_len = 0;
+    int signed_ok = 0, done = 0;
     double started = now_ms();
+    struct audited a = {0};
 
     pthread_rwlock_rdlock(&lock);
     const struct grant *g = NULL;
     for (size_t i = 0; data != NULL && i < ngrants && g == NULL; i++)
         if (matches(&grants[i], c, m, data))
             g = &grants[i];
-    if (g != NULL && file_unchanged(g)) {
-        const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
-                              : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
-                                                                     : "none";
-        unsigned char *sig = NULL;
-        size_t sig_len = 0;
-        char err[320];
-        if (local_crypto_sign(g->pkey, padding, g->digest, g->mgf1,
-                              (int)g->salt, data->val, data->len, &sig,
-                              &sig_len, err, sizeof(err))) {
-            kb_frame_begin(out, m->id, KB_MSG_SIGN | KB_WIRE_REPLY_BIT,
-                           KB_STATUS_OK);
-            kb_frame_bytes(out, KB_TAG_RESULT, sig, sig_len);
-            if (kb_frame_end(out)) {
-                audit(g, c, now_ms() - started);
-                done = 1;
-            }
-            OPENSSL_clear_free(sig, sig_len);
-        }
+    if (g != NULL) {
+        memcpy(a.algorithm, g->algorithm, sizeof(a.algorithm));
+        memcpy(a.digest, g->digest, sizeof(a.digest));
+    }
+    if (g != NULL && g->kind == GRANT_LOCAL) {
+        signed_ok = sign_local(g, data, &sig, &sig_len);
+    } else if (g != NULL && p11_module_enter(g->module, g->max_inside)) {
+        /* A token may take milliseconds: sign outside the lock, so that
+         * grants and revocations never wait for it. What a revocation
+         * finalizes waits for the threads inside (pkcs11Quiesce). */
+        struct p11_module *module = g->module;
+        struct p11_key key = g->p11;
+        char mgf1[sizeof(g->mgf1)];
+        int64_t salt = g->salt;
+        memcpy(mgf1, g->mgf1, sizeof(mgf1));
+        pthread_rwlock_unlock(&lock);
+        signed_ok = p11_sign(module, &key, a.algorithm, a.digest, mgf1, salt,
+                             data->val, data->len, &sig, &sig_len);
+        p11_module_leave(module);
+        /* again for the audit descriptor, which close() takes away */
+        pthread_rwlock_rdlock(&lock);
+    }
+    if (signed_ok && reply_signature(out, m->id, sig, sig_len)) {
+        a.uri = (const char *)uri->val;
+        a.uri_len = uri->len;
+        audit(audit_fd, &a, c, now_ms() - started);
+        done = 1;
     }
     pthread_rwlock_unlock(&lock);
+    if (sig != NULL)
+        OPENSSL_clear_free(sig, sig_len);
     kb_wire_msg_free(m);
     return done;
 }
 
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 {
-    struct caller c = {(long)getpid(), (unsigned long)getuid()};
+    struct caller c = {(long)getpid(), (unsigned long)getuid(), 0};
     struct kb_buf out = {0};
     char why[64];
     int done = sign_granted(req->data, req->len, &c, &out) &&
@@ -274,7 +343,7 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
                   struct kb_buf *out)
 {
-    struct caller c = {pid, uid};
+    struct caller c = {pid, uid, 1};
     return sign_granted(frame, len, &c, out);
 }
 
@@ -338,39 +407,91 @@ static int get_number(napi_env env, napi_value obj, const char *name,
     return napi_get_value_double(env, v, out) == napi_ok;
 }
 
+/* The local key of a grant: the loaded key and its file's identity. */
+static int get_local(napi_env env, napi_value obj, struct grant *g, char *file,
+                     size_t file_size)
+{
+    napi_value v;
+    double ino, size;
+    EVP_PKEY *pkey = NULL;
+    if (!get_string(env, obj, "file", file, file_size, 1) ||
+        !get_number(env, obj, "ino", &ino, 1) ||
+        !get_number(env, obj, "mtimeMs", &g->mtime_ms, 1) ||
+        !get_number(env, obj, "size", &size, 1) ||
+        napi_get_named_property(env, obj, "key", &v) != napi_ok ||
+        napi_get_value_external(env, v, (void **)&pkey) != napi_ok ||
+        pkey == NULL)
+        return 0;
+    g->kind = GRANT_LOCAL;
+    g->ino = (uint64_t)ino;
+    g->size = (int64_t)size;
+    g->pkey = pkey; /* referenced when the grant is stored */
+    return 1;
+}
+
+/* The token key of a grant: { module, slot, object, maxInside }. */
+static int get_pkcs11(napi_env env, napi_value obj, struct grant *g, char *err,
+                      size_t errlen)
+{
+    char module[4096];
+    double slot, object, max_inside;
+    if (!get_string(env, obj, "module", module, sizeof(module), 1) ||
+        !get_number(env, obj, "slot", &slot, 1) ||
+        !get_number(env, obj, "object", &object, 1) ||
+        !get_number(env, obj, "maxInside", &max_inside, 1) || slot < 0 ||
+        object < 0 || max_inside < 1)
+        return 0;
+    g->kind = GRANT_PKCS11;
+    g->p11.slot = (unsigned long)slot;
+    g->p11.object = (unsigned long)object;
+    g->max_inside = (int)max_inside;
+    g->module = p11_module_find(module, err, errlen);
+    return g->module != NULL;
+}
+
 static napi_value grant_sign(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
-    napi_value argv[1], v;
+    napi_value argv[1], p11;
+    napi_valuetype p11_type = napi_undefined;
     struct grant g = {0};
-    char uri[KB_WIRE_MAX_STRING + 1], file[4096];
-    double salt, data_len, ino, size, fd, uid;
-    EVP_PKEY *pkey = NULL;
+    char uri[KB_WIRE_MAX_STRING + 1], keyring[256], file[4096] = "";
+    char err[256] = "";
+    double salt, data_len, fd, uid;
 
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
         argc < 1 || !get_string(env, argv[0], "uri", uri, sizeof(uri), 1) ||
+        !get_string(env, argv[0], "keyring", keyring, sizeof(keyring), 1) ||
         !get_string(env, argv[0], "algorithm", g.algorithm, sizeof(g.algorithm),
                     1) ||
         !get_string(env, argv[0], "digest", g.digest, sizeof(g.digest), 1) ||
         !get_string(env, argv[0], "mgf1Digest", g.mgf1, sizeof(g.mgf1), 0) ||
         !get_number(env, argv[0], "saltLength", &salt, 0) ||
         !get_number(env, argv[0], "dataLength", &data_len, 1) ||
-        !get_string(env, argv[0], "file", file, sizeof(file), 1) ||
-        !get_number(env, argv[0], "ino", &ino, 1) ||
-        !get_number(env, argv[0], "mtimeMs", &g.mtime_ms, 1) ||
-        !get_number(env, argv[0], "size", &size, 1) ||
         !get_number(env, argv[0], "auditFd", &fd, 1) ||
-        !get_number(env, argv[0], "uid", &uid, 0) ||
-        napi_get_named_property(env, argv[0], "key", &v) != napi_ok ||
-        napi_get_value_external(env, v, (void **)&pkey) != napi_ok ||
-        pkey == NULL || data_len < 1)
+        !get_number(env, argv[0], "uid", &uid, 0) || data_len < 1 ||
+        napi_get_named_property(env, argv[0], "pkcs11", &p11) != napi_ok ||
+        napi_typeof(env, p11, &p11_type) != napi_ok)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "grantSign({ uri, algorithm, digest, dataLength, "
-                           "key, file, ino, mtimeMs, size, auditFd, uid? })");
+                           "grantSign({ uri, keyring, algorithm, digest, "
+                           "dataLength, auditFd, uid?, key, file, ino, "
+                           "mtimeMs, size | pkcs11 })");
+    if (p11_type == napi_object) {
+        if (uid < 0)
+            return addon_throw(env, "ERR_INVALID_ARG",
+                               "a PKCS#11 grant is for one agent peer: uid");
+        if (!get_pkcs11(env, p11, &g, err, sizeof(err)))
+            return addon_throw(env, "ERR_INVALID_ARG",
+                               err[0] != '\0'
+                                   ? err
+                                   : "pkcs11: { module, slot, object, "
+                                     "maxInside }");
+    } else if (!get_local(env, argv[0], &g, file, sizeof(file))) {
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "a local grant needs key, file, ino, mtimeMs, size");
+    }
     g.salt = (int64_t)salt;
     g.data_len = (size_t)data_len;
-    g.ino = (uint64_t)ino;
-    g.size = (int64_t)size;
     g.uid = (int64_t)uid; /* absent: -1, any caller */
 
     pthread_rwlock_wrlock(&lock);
@@ -386,13 +507,19 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
             break;
         }
     }
+    int stored = 0;
     if (ngrants < MAX_GRANTS && (g.uri = strdup(uri)) != NULL &&
-        (g.file = strdup(file)) != NULL && EVP_PKEY_up_ref(pkey)) {
-        g.pkey = pkey;
+        (g.keyring = strdup(keyring)) != NULL) {
+        if (g.kind == GRANT_PKCS11)
+            stored = 1;
+        else
+            stored = (g.file = strdup(file)) != NULL && EVP_PKEY_up_ref(g.pkey);
+    }
+    if (stored) {
         grants[ngrants++] = g;
     } else {
-        free(g.uri);
-        free(g.file);
+        g.pkey = NULL; /* not referenced */
+        grant_free(&g);
     }
     atomic_store(&ngrants_hint, ngrants);
     pthread_rwlock_unlock(&lock);
@@ -411,7 +538,7 @@ static napi_value revoke_grants(napi_env env, napi_callback_info info)
         napi_typeof(env, argv[0], &t);
     if (t == napi_undefined) {
         pthread_rwlock_wrlock(&lock);
-        revoke_locked(NULL);
+        revoke_locked(NULL, NULL);
         pthread_rwlock_unlock(&lock);
         return NULL;
     }
@@ -420,7 +547,24 @@ static napi_value revoke_grants(napi_env env, napi_callback_info info)
         napi_ok)
         return addon_throw(env, "ERR_INVALID_ARG", "revokeGrants(uri?)");
     pthread_rwlock_wrlock(&lock);
-    revoke_locked(uri);
+    revoke_locked(uri, NULL);
+    pthread_rwlock_unlock(&lock);
+    return NULL;
+}
+
+static napi_value revoke_keyring_grants(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1, len;
+    napi_value argv[1];
+    char keyring[256];
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 ||
+        napi_get_value_string_utf8(env, argv[0], keyring, sizeof(keyring),
+                                   &len) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "revokeKeyringGrants(keyring)");
+    pthread_rwlock_wrlock(&lock);
+    revoke_locked(NULL, keyring);
     pthread_rwlock_unlock(&lock);
     return NULL;
 }
@@ -431,6 +575,8 @@ napi_status grants_register(napi_env env, napi_value exports)
         {"grantSign", NULL, grant_sign, NULL, NULL, NULL, napi_default, NULL},
         {"revokeGrants", NULL, revoke_grants, NULL, NULL, NULL, napi_default,
          NULL},
+        {"revokeKeyringGrants", NULL, revoke_keyring_grants, NULL, NULL, NULL,
+         napi_default, NULL},
         {"signGranted", NULL, sign_granted_js, NULL, NULL, NULL, napi_default,
          NULL},
     };

@@ -75,7 +75,8 @@ export class Agent {
     this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), { threads, maxInFlight: opts.maxInFlight ?? 256 });
     // Backends choosing between the event loop and the pool ask whether requests wait for JavaScript.
     this.removeWaitingProbe = setWaitingProbe(() => native().serveQueued(this.serving));
-    if (opts.auditFd !== undefined) this.grants = new Grants(opts.keyService, opts.auditFd);
+    // With two or more serving threads one stays out of every PKCS#11 module: a token that hangs cannot stop PING and local keys.
+    if (opts.auditFd !== undefined) this.grants = new Grants(opts.keyService, { auditFd: opts.auditFd, pkcs11MaxInside: Math.max(1, threads - 1) });
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {

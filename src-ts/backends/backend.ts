@@ -1,4 +1,4 @@
-import type { NativeKeyHandle } from '../native.js';
+import type { NativeKeyHandle, NativePkcs11Grant } from '../native.js';
 import type { DecryptRequest, EncryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest, VerifyRequest } from '../types.js';
 
 /** What a backend reports for a key; the KeyService adds the URI. */
@@ -17,12 +17,26 @@ export interface FileIdentity {
 }
 
 /**
- * What the in-process fast path needs to run an approved signature on the
- * caller's thread (src-native/node/grants.c): the loaded key, and the file it
- * came from, so that a replaced or deleted file ends the grant.
+ * What the fast path needs to run an approved signature without the
+ * KeyService (src-native/node/grants.c): a local key, loaded, and the file it
+ * came from, so that a replaced or deleted file ends the grant; or a key on a
+ * PKCS#11 token, which only the agent's serving threads use.
  */
-export interface BackendGrant extends FileIdentity {
+export type BackendGrant = LocalGrant | Pkcs11Grant;
+
+export interface LocalGrant extends FileIdentity {
   key: NativeKeyHandle;
+}
+
+export interface GrantOptions {
+  /** How many of the agent's serving threads may sign on a token at once; 0: no token grants (in-process callers). */
+  tokenThreads: number;
+}
+
+export interface Pkcs11Grant {
+  pkcs11: Omit<NativePkcs11Grant, 'maxInside'>;
+  /** False once the handle may have gone stale (token reset, delete, close): checked just before the grant is made. */
+  stillValid(): boolean;
 }
 
 let waitingProbe: () => boolean = () => false;
@@ -100,8 +114,11 @@ export interface Backend {
   encrypt?(keyId: string, req: EncryptRequest, signal: AbortSignal): Promise<Buffer>;
   derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer>;
   random(length: number, signal: AbortSignal): Promise<Buffer>;
-  /** Only backends whose keys live in this process (the local store) offer grants. */
-  grant?(keyId: string): Promise<BackendGrant>;
+  /**
+   * Backends whose keys this process can use without the KeyService offer grants: the local store
+   * (its keys live here), PKCS#11 (the token this process logged in to). Undefined: not this one.
+   */
+  grant?(keyId: string, req: SignRequest, signal: AbortSignal, opts: GrantOptions): Promise<BackendGrant | undefined>;
   create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }>;
   list(signal: AbortSignal): Promise<BackendKeySummary[]>;
   delete(keyId: string, signal: AbortSignal): Promise<void>;

@@ -21,7 +21,7 @@ import {
   privateOpEnded,
   privateOpStarted,
   type Backend,
-  type BackendGrant,
+  type LocalGrant,
   type BackendKeyDescription,
   type BackendKeySummary,
   type FileIdentity,
@@ -350,7 +350,7 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async grant(keyId: string): Promise<BackendGrant> {
+  async grant(keyId: string): Promise<LocalGrant> {
     const key = await this.load(keyId);
     return { key: key.handle, ...key.file };
   }

@@ -26,7 +26,8 @@ import type { ECDH1, Mechanism, RsaOAEP, RsaPSS, Template } from 'pkcs11js';
 import { ErrorCode, KmsError, badRequest, keyUnusable, notFound, unsupported } from '../errors.js';
 import type { KeyringConfig } from '../config.js';
 import { DIGESTS, type Algorithm, type DecryptRequest, type Digest, type KeySpec, type SignRequest } from '../types.js';
-import type { Backend, BackendKeyDescription, BackendKeySummary, Progress } from './backend.js';
+import type { Backend, BackendKeyDescription, BackendKeySummary, GrantOptions, Pkcs11Grant, Progress } from './backend.js';
+import { native } from '../native.js';
 import * as C from './pkcs11/constants.js';
 import { CURVES, ED25519_PARAMS, curveParams, digestInfo, ecdsaSignatureToDer, type PkCurve } from './pkcs11/der.js';
 import { describeSelector, formatKeyId, parseKeyId } from './pkcs11/key-id.js';
@@ -46,7 +47,7 @@ import {
 } from './pkcs11/objects.js';
 import { libraryReport, objectsReport, type Pkcs11Report } from './pkcs11/report.js';
 import { settingsOf, type Pkcs11Settings } from './pkcs11/settings.js';
-import { ckrName, ckrOf, slotNumber } from './pkcs11/library.js';
+import { ckrName, ckrOf, slotNumber, ulong } from './pkcs11/library.js';
 import { Token, type Session } from './pkcs11/token.js';
 
 export type { Pkcs11Report } from './pkcs11/report.js';
@@ -108,10 +109,18 @@ export class Pkcs11Backend implements Backend {
   private readonly token: Token;
   private readonly keys = new Map<string, CachedKey>();
   private creating: Promise<unknown> = Promise.resolve();
+  /** Whether grants (the agent's serving threads signing on the token) may exist for this keyring. */
+  private granted = false;
+  private closed = false;
 
   constructor(private readonly cfg: KeyringConfig) {
     this.settings = settingsOf(cfg);
-    this.token = new Token({ keyring: cfg.name, ...this.settings });
+    // Sessions and handles void (token reset, fork, re-initialization): so are the grants naming them.
+    this.token = new Token({ keyring: cfg.name, ...this.settings }, () => this.revokeGrants());
+  }
+
+  private revokeGrants(): void {
+    if (this.granted) native().revokeKeyringGrants(this.cfg.name);
   }
 
   private ref(keyId: string): string {
@@ -279,6 +288,36 @@ export class Pkcs11Backend implements Backend {
         const sig = onPool(s) ? await s.lib.C_SignAsync(s.handle, data, out) : s.lib.C_Sign(s.handle, data, out);
         s.opActive = false;
         return req.algorithm === 'ecdsa' ? ecdsaSignatureToDer(sig) : Buffer.from(sig);
+      },
+      { keyId },
+    );
+  }
+
+  /**
+   * What the agent's serving threads need to repeat an approved signature on
+   * the token themselves (src-native/node/pkcs11_sign.c): the module, slot
+   * and key handle. Only with a library initialized for OS locking (the
+   * threads call it at once), not for keys that want the PIN at every use,
+   * and only where max_sessions leaves room for the threads' sessions.
+   */
+  async grant(keyId: string, req: SignRequest, signal: AbortSignal, opts: GrantOptions): Promise<Pkcs11Grant | undefined> {
+    return this.op(
+      `grant ${this.ref(keyId)}`,
+      signal,
+      (s) => {
+        if (!s.threadSafe) return undefined;
+        const k = this.key(s, keyId);
+        if (k.alwaysAuthenticate || !this.allows(s, k, req.algorithm)) return undefined;
+        if (req.algorithm === 'rsa-pss' && req.saltLength === undefined) return undefined;
+        if (req.algorithm === 'ed25519') return undefined; // no digest: a grant matches a digest's length
+        // The threads' sessions come out of max_sessions, so the token never sees more than that from us.
+        if (!this.token.reserveForGrants(opts.tokenThreads)) return undefined;
+        const gen = this.token.generation;
+        this.granted = true;
+        return {
+          pkcs11: { module: this.settings.library, slot: slotNumber(s.slot), object: ulong(k.handle) },
+          stillValid: () => this.token.generation === gen && !this.closed,
+        };
       },
       { keyId },
     );
@@ -478,6 +517,7 @@ export class Pkcs11Backend implements Backend {
       { keyId },
     );
     this.keys.clear(); // other key-ids may have named the same key
+    this.revokeGrants(); // and so may their grants
   }
 
   async protectionSummary(): Promise<string> {
@@ -486,8 +526,12 @@ export class Pkcs11Backend implements Backend {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.keys.clear();
-    await this.token.close();
+    this.revokeGrants();
+    // Finalizing the module under a serving thread still inside it would be undefined behaviour: wait for it, or leave the module be.
+    const quiet = !this.granted || native().pkcs11Quiesce(this.settings.library, this.cfg.timeoutMs);
+    await this.token.close({ finalize: quiet });
   }
 
   /**

@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   const crashOn = init.generation === 1 ? process.env.KMSBRIDGE_FAULT_WORKER_EXIT_ON : undefined;
 
   // After a signature the KeyService approved and ran, the caller's thread runs the same operation itself next time.
-  const grants = new Grants(ks, audit?.fd ?? -1);
+  const grants = new Grants(ks, { auditFd: audit?.fd ?? -1 });
 
   addon.bridgeBind((frame: Buffer, handle: BridgeHandle) => {
     let reply: Buffer;

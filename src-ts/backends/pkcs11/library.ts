@@ -128,10 +128,11 @@ export function openLibrary(file: string, keyring: string): LoadedLibrary {
   return loaded;
 }
 
-export function releaseLibrary(l: LoadedLibrary): void {
+export function releaseLibrary(l: LoadedLibrary, finalize = true): void {
   l.users--;
   if (l.users > 0 || libraries.get(l.path) !== l) return;
   libraries.delete(l.path);
+  if (!finalize) return;
   try {
     if (l.ownsInit && l.pid === process.pid) l.lib.C_Finalize();
     l.lib.close();

@@ -95,6 +95,8 @@ export class Token {
   private idle: Pooled[] = [];
   private open = 0;
   private limit: number;
+  /** Sessions of max_sessions left to the agent's serving threads (grants, src-native/node/pkcs11_sign.c). */
+  private reserved = 0;
   private readonly waiters: Waiter[] = [];
   private loggedIn = false;
   private mechanisms?: Set<number>;
@@ -104,7 +106,11 @@ export class Token {
   private readonly pinKey = crypto.randomBytes(32);
   private closed = false;
 
-  constructor(readonly opts: TokenOptions) {
+  /** onForget: sessions and object handles of this token have become void. */
+  constructor(
+    readonly opts: TokenOptions,
+    private readonly onForget: () => void = () => {},
+  ) {
     this.limit = opts.maxSessions;
   }
 
@@ -124,6 +130,22 @@ export class Token {
 
   get openSessions(): number {
     return this.open;
+  }
+
+  /** How many sessions the pool itself may open: the limit less those left to grants, at least one. */
+  private get poolLimit(): number {
+    return Math.max(1, this.limit - this.reserved);
+  }
+
+  /**
+   * Leaves `n` sessions of the limit to the agent's serving threads, which
+   * keep that many of their own for granted signatures. False when the limit
+   * is too small to share (the pool keeps at least one).
+   */
+  reserveForGrants(n: number): boolean {
+    if (n < 1 || n >= this.limit) return false;
+    this.reserved = Math.max(this.reserved, n);
+    return true;
   }
 
   private where(): string {
@@ -156,6 +178,7 @@ export class Token {
     this.slot = undefined;
     this.mechanisms = undefined;
     this.limit = this.opts.maxSessions;
+    this.onForget();
     for (const w of this.waiters.splice(0)) w.retry();
   }
 
@@ -224,7 +247,7 @@ export class Token {
       const { lib, slot } = this.ready();
       const s = this.idle.pop();
       if (s) return s;
-      if (this.open < this.limit) {
+      if (this.open < this.poolLimit) {
         const opened = this.openSession(lib, slot);
         if (opened) return opened;
       }
@@ -291,6 +314,7 @@ export class Token {
       return;
     }
     if (s.gen === this.gen) {
+      if (!broken && this.open > this.poolLimit) broken = true; // the pool shrank for grants: close, do not keep
       if (!broken) {
         const w = this.waiters.shift();
         if (w) w.give(s);
@@ -470,7 +494,8 @@ export class Token {
     return out;
   }
 
-  async close(): Promise<void> {
+  /** finalize false: leave the library initialized and loaded (a thread may still be inside it). */
+  async close(opts: { finalize: boolean } = { finalize: true }): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const lib = this.library;
@@ -480,7 +505,7 @@ export class Token {
     for (const w of this.waiters.splice(0)) w.retry();
     if (lib) {
       this.library = undefined;
-      releaseLibrary(lib);
+      releaseLibrary(lib, opts.finalize);
     }
   }
 }

@@ -1,0 +1,168 @@
+// Grants for keys on a PKCS#11 token (src-native/node/pkcs11_sign.c): after
+// the KeyService has approved and made a peer's signature on SoftHSM2, the
+// agent's serving threads make the same signature on the token themselves,
+// without JavaScript (read from /proc: the main thread stays idle). Every
+// signature is checked against the public key pkcs11-tool reads off the token,
+// by node:crypto and, for one of each kind, by the system openssl. A key
+// deleted through kmsbridge or behind its back, and a closing agent, end the
+// grants: nothing is signed with a key that is gone.
+import t from 'tap';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
+import { formatRunTimes, runTimes, since } from './lib/proc.mjs';
+import { SOFTHSM_LIB, makeToken, p11Selector, p11toolOk, readPublicKeyPem } from './lib/softhsm.mjs';
+import { AgentClient } from '../dist/agent/client.js';
+import { native } from '../dist/native.js';
+import { MsgType, Tag } from '../dist/wire/codec.js';
+
+const token = makeToken(t, { label: 'kmsbridge-grants' });
+const keyrings = { hsm: { type: 'pkcs11', library: SOFTHSM_LIB, token_label: token.label, pin_env: 'KMSBRIDGE_TEST_HSM_PIN', max_sessions: 4 } };
+const env = { ...token.env, KMSBRIDGE_TEST_HSM_PIN: token.pin };
+
+async function world(t) {
+  const box = sandbox(t, { keyrings });
+  box.env = { ...box.env, ...env };
+  const agent = await startAgent(t, box);
+  const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
+  t.teardown(() => client.close());
+  const create = (name, spec) => {
+    const uri = cliOk(t, box, ['keys', 'create', name, '--keyring', 'hsm', '--type', spec]).trim();
+    const pubFile = box.file(`${name}.pub.pem`);
+    readPublicKeyPem(t, token, uri, pubFile);
+    return { uri, pubFile, pub: crypto.createPublicKey(fs.readFileSync(pubFile)) };
+  };
+  const audited = () =>
+    fs
+      .readFileSync(box.file('audit.log'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => r.op === 'sign' && r.outcome === 'ok');
+  return { box, agent, client, create, audited };
+}
+
+const KINDS = {
+  ecdsa: { fields: [{ tag: Tag.ALGORITHM, value: 'ecdsa' }], verify: {} },
+  'rsa-pkcs1': { fields: [{ tag: Tag.ALGORITHM, value: 'rsa-pkcs1' }], verify: { padding: crypto.constants.RSA_PKCS1_PADDING } },
+  'rsa-pss': {
+    fields: [
+      { tag: Tag.ALGORITHM, value: 'rsa-pss' },
+      { tag: Tag.SALT_LENGTH, value: 32 },
+    ],
+    verify: { padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 },
+  },
+};
+
+function signer(client, uri, kind) {
+  return (msg) =>
+    client
+      .request(MsgType.SIGN, [
+        { tag: Tag.URI, value: uri },
+        ...KINDS[kind].fields,
+        { tag: Tag.DIGEST, value: 'sha256' },
+        { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
+      ])
+      .then((f) => f.requireBytes(Tag.RESULT));
+}
+
+t.test('repeated signatures are made by the serving threads on the token, verify, and are audited once each', async (t) => {
+  const w = await world(t);
+  const ec = w.create('grant-ec', 'ec-p256');
+  const rsa = w.create('grant-rsa', 'rsa-2048');
+  const pid = w.agent.child.pid;
+  for (const [key, kind, n] of [
+    [ec, 'ecdsa', 200],
+    [rsa, 'rsa-pkcs1', 60],
+    [rsa, 'rsa-pss', 60],
+  ]) {
+    const sign = signer(w.client, key.uri, kind);
+    const auditedBefore = w.audited().length;
+    await sign('first'); // approved and made by the KeyService, which then grants it
+    await new Promise((r) => setTimeout(r, 150)); // the grant follows the answer
+    const before = runTimes(pid);
+    const sigs = [];
+    for (let i = 0; i < n; i++) sigs.push(await sign(`${kind} ${i}`));
+    const ran = since(before, runTimes(pid));
+    t.ok(
+      sigs.every((s, i) => crypto.verify('sha256', Buffer.from(`${kind} ${i}`), { key: key.pub, ...KINDS[kind].verify }, s)),
+      `${kind}: ${n} signatures verify with the public key read by pkcs11-tool`,
+    );
+    const last = { msg: box(w, `${kind}.msg`), sig: box(w, `${kind}.sig`) };
+    fs.writeFileSync(last.msg, `${kind} ${n - 1}`);
+    fs.writeFileSync(last.sig, sigs[n - 1]);
+    const pss = kind === 'rsa-pss' ? ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32'] : [];
+    opensslOk(t, ['dgst', '-sha256', ...pss, '-verify', key.pubFile, '-signature', last.sig, last.msg]);
+    t.ok(ran.main < ran.serving / 2, `${kind}: the serving threads did the work, not JavaScript (${formatRunTimes(ran)})`);
+    const lines = w.audited().slice(auditedBefore);
+    t.equal(lines.length, n + 1, `${kind}: one audit line each`);
+    t.ok(
+      lines.every((r) => r.pid === process.pid && r.uid === process.getuid() && r.uri === key.uri && r.alg === kind),
+      `${kind}: naming this process as the peer`,
+    );
+  }
+});
+
+function box(w, name) {
+  return w.box.file(name);
+}
+
+t.test('a key deleted through kmsbridge or behind its back is not used by a grant; a new key of the same label is', async (t) => {
+  const w = await world(t);
+  const first = w.create('doomed', 'ec-p256');
+  const sign = signer(w.client, first.uri, 'ecdsa');
+  await sign('warm up');
+  await new Promise((r) => setTimeout(r, 150));
+  t.ok(crypto.verify('sha256', Buffer.from('granted'), first.pub, await sign('granted')), 'granted signature verifies');
+
+  cliOk(t, w.box, ['keys', 'delete', first.uri], { env });
+  await t.rejects(sign('after delete'), { codeName: 'NOT_FOUND' }, 'deleted through the agent: refused');
+
+  const second = w.create('doomed', 'ec-p256');
+  const s = await sign('after replace');
+  t.ok(crypto.verify('sha256', Buffer.from('after replace'), second.pub, s), 'replaced: the new key signs');
+  t.notOk(crypto.verify('sha256', Buffer.from('after replace'), first.pub, s), 'not the old one');
+  await new Promise((r) => setTimeout(r, 150));
+  await sign('granted again');
+
+  // pkcs11-tool, another process, deletes the private key: the grant's handle names nothing now.
+  p11toolOk(t, token, ['--delete-object', '--type', 'privkey', ...p11Selector(second.uri)]);
+  await t.rejects(sign('after the token lost it'), { codeName: 'NOT_FOUND' }, 'deleted on the token: refused, not signed');
+});
+
+t.test('the agent ends cleanly with grants in place (it waits for no thread inside the module)', async (t) => {
+  const w = await world(t);
+  const key = w.create('closing', 'ec-p256');
+  const sign = signer(w.client, key.uri, 'ecdsa');
+  await sign('warm up');
+  await new Promise((r) => setTimeout(r, 150));
+  const load = Array.from({ length: 64 }, (_, i) =>
+    sign(`in flight ${i}`).then(
+      (s) => crypto.verify('sha256', Buffer.from(`in flight ${i}`), key.pub, s),
+      () => 'refused',
+    ),
+  );
+  w.agent.child.kill('SIGTERM');
+  const results = await Promise.all(load);
+  t.ok(
+    results.every((r) => r === true || r === 'refused'),
+    'every answer is a valid signature or an error, never a bad signature',
+  );
+  t.same(await w.agent.exited, { code: 0, signal: null }, 'the agent exits 0');
+});
+
+t.test('the grant table takes PKCS#11 grants only for an agent peer, on a module this process loaded', async (t) => {
+  const addon = native();
+  const base = { uri: 'kms:hsm/label=x', keyring: 'hsm', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, auditFd: -1 };
+  t.throws(
+    () => addon.grantSign({ ...base, pkcs11: { module: SOFTHSM_LIB, slot: 0, object: 1, maxInside: 1 } }),
+    { code: 'ERR_INVALID_ARG', message: /one agent peer/ },
+    'no uid: refused (in-process callers never sign on a token from their own threads)',
+  );
+  t.throws(
+    () => addon.grantSign({ ...base, uid: 1000, pkcs11: { module: SOFTHSM_LIB, slot: 0, object: 1, maxInside: 1 } }),
+    { code: 'ERR_INVALID_ARG', message: /not loaded in this process/ },
+    'a module this process has not loaded: refused, not loaded',
+  );
+  t.equal(addon.pkcs11Quiesce(SOFTHSM_LIB, 10), true, 'no thread inside a module never used');
+});
