@@ -61,7 +61,7 @@ export class Grants {
       };
       try {
         if (!('pkcs11' in g)) native().grantSign({ ...base, key: g.key, file: g.file, ino: g.ino, mtimeMs: g.mtimeMs, size: g.size });
-        else if (g.stillValid()) native().grantSign({ ...base, pkcs11: { ...g.pkcs11, maxInside } });
+        else if (g.stillValid()) native().grantSign({ ...base, pkcs11: g.pkcs11 });
       } catch {
         // No grant (the table is full, the module is not the one loaded): the KeyService keeps answering.
       }

@@ -37,7 +37,7 @@
 #include "addon.h"
 
 #define MAX_MODULES 8
-#define MAX_IDLE 4         /* at least the most threads inside at once */
+#define MAX_IDLE 8         /* at least the most threads inside at once */
 #define MAX_SIGNATURE 1024 /* RSA-8192 */
 
 struct idle_session {

@@ -71,7 +71,10 @@ export class Agent {
     this.dispatcher = new Dispatcher(opts.keyService, { ownUid: this.ownUid, ...(opts.audit ? { audit: opts.audit } : {}) });
     // Paused: Node never reads a connection; the serving threads do.
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
-    const threads = opts.threads ?? Math.min(4, os.availableParallelism());
+    // A token's signature keeps its thread waiting on the HSM (a network round trip for most): with PKCS#11
+    // keyrings, two threads more than the cores, so that requests beyond the cores' still reach a token.
+    const tokens = [...opts.keyService.config.keyrings.values()].some((k) => k.type === 'pkcs11');
+    const threads = opts.threads ?? Math.min(4, os.availableParallelism()) + (tokens ? 2 : 0);
     this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), { threads, maxInFlight: opts.maxInFlight ?? 256 });
     // Backends choosing between the event loop and the pool ask whether requests wait for JavaScript.
     this.removeWaitingProbe = setWaitingProbe(() => native().serveQueued(this.serving));

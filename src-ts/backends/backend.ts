@@ -34,7 +34,8 @@ export interface GrantOptions {
 }
 
 export interface Pkcs11Grant {
-  pkcs11: Omit<NativePkcs11Grant, 'maxInside'>;
+  /** maxInside: at most the sessions of max_sessions the token left to the threads. */
+  pkcs11: NativePkcs11Grant;
   /** False once the handle may have gone stale (token reset, delete, close): checked just before the grant is made. */
   stillValid(): boolean;
 }

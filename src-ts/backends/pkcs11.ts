@@ -311,11 +311,12 @@ export class Pkcs11Backend implements Backend {
         if (req.algorithm === 'rsa-pss' && req.saltLength === undefined) return undefined;
         if (req.algorithm === 'ed25519') return undefined; // no digest: a grant matches a digest's length
         // The threads' sessions come out of max_sessions, so the token never sees more than that from us.
-        if (!this.token.reserveForGrants(opts.tokenThreads)) return undefined;
+        const maxInside = this.token.reserveForGrants(opts.tokenThreads);
+        if (maxInside < 1) return undefined;
         const gen = this.token.generation;
         this.granted = true;
         return {
-          pkcs11: { module: this.settings.library, slot: slotNumber(s.slot), object: ulong(k.handle) },
+          pkcs11: { module: this.settings.library, slot: slotNumber(s.slot), object: ulong(k.handle), maxInside },
           stillValid: () => this.token.generation === gen && !this.closed,
         };
       },

@@ -138,14 +138,13 @@ export class Token {
   }
 
   /**
-   * Leaves `n` sessions of the limit to the agent's serving threads, which
-   * keep that many of their own for granted signatures. False when the limit
-   * is too small to share (the pool keeps at least one).
+   * Leaves up to `n` sessions of the limit to the agent's serving threads,
+   * which keep that many of their own for granted signatures; the pool keeps
+   * at least one. Returns how many the threads may use (0: none).
    */
-  reserveForGrants(n: number): boolean {
-    if (n < 1 || n >= this.limit) return false;
-    this.reserved = Math.max(this.reserved, n);
-    return true;
+  reserveForGrants(n: number): number {
+    this.reserved = Math.max(this.reserved, Math.min(n, this.limit - 1));
+    return this.reserved;
   }
 
   private where(): string {
