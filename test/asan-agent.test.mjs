@@ -2,7 +2,9 @@
 // threads, grants, framing) built again with both into a package directory
 // of its own (build/asan/addon-pkg), the agent run from it with libasan
 // preloaded into node, and driven by peers that pipeline, split, garble,
-// vanish and stop reading. The agent must answer correctly (signatures
+// vanish and stop reading, and by peers signing at once with a key on a
+// SoftHSM2 token (the threads inside the PKCS#11 module, their sessions, the
+// close that waits for them). The agent must answer correctly (signatures
 // checked by node:crypto), stop cleanly on SIGTERM and report no finding.
 // Leak detection is off: node itself frees little at exit.
 import t from 'tap';
@@ -12,6 +14,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { ROOT, sandbox, cliOk, canConnect } from './lib/env.mjs';
+import { SOFTHSM_LIB, makeToken } from './lib/softhsm.mjs';
 import { describe, hello, ping, raw, signFrame } from './lib/agent-raw.mjs';
 import { MsgType, Tag } from '../dist/wire/codec.js';
 
@@ -53,7 +56,14 @@ if (!build) {
   t.fail(`the instrumented addon did not build:\n${(build.stdout + build.stderr).slice(-4000)}`);
 } else {
   t.test('the agent under ASan+UBSan serves every kind of peer, stops cleanly and reports nothing', async (t) => {
-    const box = sandbox(t);
+    const token = makeToken(t, { label: 'kmsbridge-asan' });
+    const box = sandbox(t, {
+      keyrings: {
+        local: { type: 'local' },
+        hsm: { type: 'pkcs11', library: SOFTHSM_LIB, token_label: token.label, pin_env: 'KMSBRIDGE_TEST_HSM_PIN', max_sessions: 8 },
+      },
+    });
+    box.env = { ...box.env, ...token.env, KMSBRIDGE_TEST_HSM_PIN: token.pin };
     const agent = spawn(process.execPath, [path.join(PKG, 'dist', 'cli', 'main.js'), 'agent', '--foreground'], {
       env: { ...box.env, ...SAN_ENV, LD_PRELOAD: fs.realpathSync(LIBASAN) },
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -88,6 +98,25 @@ if (!build) {
         signed.every((f) => crypto.verify('sha256', Buffer.from(f.id === 2 ? 'first' : `m${f.id}`), ecPub, f.fields.find((x) => x.tag === Tag.RESULT).value)),
         'and every one verifies',
       );
+
+      // A key on the token: four peers at once, so that several serving threads sign inside the module.
+      const hsm = cliOk(t, box, ['keys', 'create', 'hsm-ec', '--keyring', 'hsm', '--type', 'ec-p256']).trim();
+      const hsmPub = cliOk(t, box, ['keys', 'export', hsm]);
+      const peers = await Promise.all([0, 1, 2, 3].map(() => raw(box.socket)));
+      for (const p of peers) p.s.write(Buffer.concat([hello(1), signFrame(2, hsm, 'first')]));
+      await Promise.all(peers.map((p) => p.until(2, 60_000)));
+      await new Promise((r) => setTimeout(r, 200));
+      peers.forEach((p, i) => p.s.write(Buffer.concat(Array.from({ length: 100 }, (_, k) => signFrame(k + 3, hsm, `h${i}-${k + 3}`)))));
+      const onToken = await Promise.all(peers.map((p) => p.until(102, 120_000)));
+      t.ok(
+        onToken.every((replies, i) =>
+          [...replies.values()]
+            .filter((f) => f.id > 2)
+            .every((f) => crypto.verify('sha256', Buffer.from(`h${i}-${f.id}`), hsmPub, f.fields.find((x) => x.tag === Tag.RESULT).value)),
+        ),
+        'four peers signing on the token at once: 400 signatures verify',
+      );
+      for (const p of peers) p.s.destroy();
 
       // One byte at a time.
       const slow = await raw(box.socket);
