@@ -316,7 +316,7 @@ static int sign_granted(const uint8_t *frame, size_t len,
         /* again for the audit descriptor, which close() takes away */
         pthread_rwlock_rdlock(&lock);
     }
-    if (signed_ok && reply_signature(out, m->id, sig, sig_len)) {
+    if (signed_ok && uri != NULL && reply_signature(out, m->id, sig, sig_len)) {
         a.uri = (const char *)uri->val;
         a.uri_len = uri->len;
         audit(audit_fd, &a, c, now_ms() - started);
