@@ -1,7 +1,6 @@
 import path from 'node:path';
 import nodeGypBuild from 'node-gyp-build';
 
-/** The slice of kmsbridge.node that the TypeScript side calls. */
 /** A signature on a PKCS#11 token that the agent's serving threads may run (pkcs11_sign.c). */
 export interface NativePkcs11Grant {
   /** The library path the backend loaded and initialized: found, never loaded, by the addon. */
@@ -12,6 +11,7 @@ export interface NativePkcs11Grant {
   maxInside: number;
 }
 
+/** The slice of kmsbridge.node that the TypeScript side calls. */
 export interface NativeKeyHandle {
   readonly __brand: 'NativeKeyHandle';
 }

@@ -88,7 +88,7 @@ t.test('repeated signatures are made by the serving threads on the token, verify
       sigs.every((s, i) => crypto.verify('sha256', Buffer.from(`${kind} ${i}`), { key: key.pub, ...KINDS[kind].verify }, s)),
       `${kind}: ${n} signatures verify with the public key read by pkcs11-tool`,
     );
-    const last = { msg: box(w, `${kind}.msg`), sig: box(w, `${kind}.sig`) };
+    const last = { msg: w.box.file(`${kind}.msg`), sig: w.box.file(`${kind}.sig`) };
     fs.writeFileSync(last.msg, `${kind} ${n - 1}`);
     fs.writeFileSync(last.sig, sigs[n - 1]);
     const pss = kind === 'rsa-pss' ? ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32'] : [];
@@ -102,10 +102,6 @@ t.test('repeated signatures are made by the serving threads on the token, verify
     );
   }
 });
-
-function box(w, name) {
-  return w.box.file(name);
-}
 
 t.test('a key deleted through kmsbridge or behind its back is not used by a grant; a new key of the same label is', async (t) => {
   const w = await world(t);

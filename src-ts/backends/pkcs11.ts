@@ -309,7 +309,6 @@ export class Pkcs11Backend implements Backend {
         const k = this.key(s, keyId);
         if (k.alwaysAuthenticate || !this.allows(s, k, req.algorithm)) return undefined;
         if (req.algorithm === 'rsa-pss' && req.saltLength === undefined) return undefined;
-        if (req.algorithm === 'ed25519') return undefined; // no digest: a grant matches a digest's length
         // The threads' sessions come out of max_sessions, so the token never sees more than that from us.
         const maxInside = this.token.reserveForGrants(opts.tokenThreads);
         if (maxInside < 1) return undefined;

@@ -143,8 +143,10 @@ export class Token {
    * at least one. Returns how many the threads may use (0: none).
    */
   reserveForGrants(n: number): number {
-    this.reserved = Math.max(this.reserved, Math.min(n, this.limit - 1));
-    return this.reserved;
+    const share = Math.min(n, this.limit - 1);
+    if (share < 1) return 0;
+    this.reserved = Math.max(this.reserved, share);
+    return share;
   }
 
   private where(): string {
