@@ -14,11 +14,18 @@
  * its reply comes back through serveReply().
  *
  * The threads share one epoll set in which each connection is registered
- * one-shot: one thread serves a connection at a time, and connections are
- * served in parallel. A connection is not read while maxInFlight of its
- * requests are with JavaScript or more than OUT_LIMIT bytes of its replies
- * are unsent, so a peer that does not read its replies holds nothing but
- * its own connection. Frame bounds are the fuzzed codec's (wire.c).
+ * edge-triggered, once: a request costs a wake-up, a read and a send, with
+ * no epoll_ctl to rearm. One thread serves a connection at a time; an event
+ * that finds it served is left to its thread, which serves it once more
+ * (|again|), so no edge is lost between threads. Connections are served in
+ * parallel. A connection is not read while maxInFlight of its requests are
+ * with JavaScript or more than OUT_LIMIT bytes of its replies are unsent, so
+ * a peer that does not read its replies holds nothing but its own
+ * connection; since no new edge tells that reading may resume, whoever lifts
+ * the limit (a reply, a flush) asks for one (settle_locked). Writable is
+ * watched only while replies wait to be sent: a peer reading its replies
+ * would otherwise wake a thread each time. Frame bounds are the fuzzed
+ * codec's (wire.c).
  *
  * Locks: the server's mutex (the connection table) before a connection's.
  * A connection is freed only with both held and while no thread serves it;
@@ -71,15 +78,21 @@ struct conn {
     long pid;
     unsigned long uid;
     atomic_bool greeted;
-    /* Input: touched only by the thread that serves the connection. */
+    /* Input: touched only by the thread that serves the connection (or,
+     * under mu, by whoever finds it not served). */
     uint8_t *in;
     size_t in_len, in_cap;
+    bool unread;    /* the socket may hold bytes not read yet */
+    bool peer_shut; /* the peer shut its side: read on to the end */
     /* The rest: under mu. */
     pthread_mutex_t mu;
     uint8_t *out;
     size_t out_off, out_len, out_cap;
     unsigned in_flight; /* frames with JavaScript, not answered yet */
-    bool serving;       /* a thread has it (its one-shot event fired) */
+    bool serving;       /* a thread is serving it */
+    bool again;         /* an event or a reply came meanwhile: serve again */
+    uint32_t pending;   /* the events that found it served */
+    bool watching_out;  /* the registration includes writable */
     bool eof;           /* the peer closed its side */
     bool ending;        /* close once the replies are sent (serveReply end) */
     bool closing;       /* close as soon as nobody serves it */
@@ -289,19 +302,38 @@ static void close_and_unlock(struct server *s, struct conn *c)
     emit_closed(s, id, reason);
 }
 
-/* Arms the one-shot registration for what the connection needs next. */
-static void rearm_locked(struct server *s, struct conn *c)
+#define WATCH (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+/* After a turn or a reply, with nobody serving |c|: keeps the registration
+ * in step. Writable is watched while replies wait to be sent. Work left that
+ * no edge will announce (bytes not read or frames not parsed while reading
+ * was paused, or a turn that ended before the socket was drained) asks for
+ * writable once anyway: a modification re-checks readiness, and writable is
+ * true at once, so a thread comes back for it. */
+static void settle_locked(struct server *s, struct conn *c)
 {
-    uint32_t events = EPOLLONESHOT;
-    if (may_read_locked(s, c))
-        events |= EPOLLIN;
-    /* Writable fires at once: used also to get a thread to parse frames
-     * already read while reading was paused. */
-    if (unsent(c) > 0 || (next_frame(c) != 0 && may_read_locked(s, c)))
-        events |= EPOLLOUT;
-    struct epoll_event ev = {.events = events, .data.u64 = c->id};
+    bool work = may_read_locked(s, c) && (c->unread || next_frame(c) != 0);
+    bool out = unsent(c) > 0 || work;
+    if (!work && out == c->watching_out)
+        return;
+    struct epoll_event ev = {.events = WATCH | (out ? EPOLLOUT : 0),
+                             .data.u64 = c->id};
     if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
         c->broken = "could not watch the connection (epoll_ctl)";
+    c->watching_out = out;
+}
+
+/* What an event says about input; |c| locked. */
+static void note_events_locked(struct conn *c, uint32_t events)
+{
+    if (events & (EPOLLERR | EPOLLHUP))
+        /* Both directions are gone: requests still unread have nobody to
+         * answer to. */
+        c->eof = true;
+    if (events & EPOLLRDHUP)
+        c->peer_shut = true;
+    if (events & (EPOLLIN | EPOLLRDHUP))
+        c->unread = true;
 }
 
 /* ---- serving one connection -------------------------------------------- */
@@ -402,37 +434,30 @@ static bool parse(struct server *s, struct conn *c, struct batch *b)
     return more;
 }
 
-/* Serves |c| after its event: reads and handles what it can, sends what
- * it can, then rearms or closes it. |chunk|: the thread's read buffer, so
- * that a connection holds only the bytes of a frame still incomplete. */
-static void serve(struct server *s, struct conn *c, uint32_t events,
-                  uint8_t *chunk)
+/* Reads what has come and handles the whole frames, as far as |c| may read
+ * now. A read shorter than the buffer took what had come: stop there rather
+ * than pay a system call to learn EAGAIN, since whatever comes later raises
+ * a new edge. Not after the peer has shut its side: its one edge has been
+ * seen, and the end must be read now or never. */
+static void take_input(struct server *s, struct conn *c, struct batch *b,
+                       uint8_t *chunk)
 {
-    struct batch b = {0};
-    if (events & (EPOLLERR | EPOLLHUP)) {
-        /* Both directions are gone: requests still unread have nobody to
-         * answer to. */
-        pthread_mutex_lock(&c->mu);
-        c->eof = true;
-        pthread_mutex_unlock(&c->mu);
-    }
-    /* A read shorter than the buffer took what had come: parse it and stop
-     * there rather than pay a system call to learn EAGAIN; the rearm is
-     * level-triggered and brings a thread back if more has come meanwhile. */
-    bool drained = false;
-    for (int turn = 0; parse(s, c, &b) && !drained && turn < READS_PER_TURN;
+    for (int turn = 0; parse(s, c, b) && c->unread && turn < READS_PER_TURN;
          turn++) {
         ssize_t n = read(c->fd, chunk, READ_CHUNK);
         if (n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n)) {
             memcpy(c->in + c->in_len, chunk, (size_t)n);
             c->in_len += (size_t)n;
-            drained = (size_t)n < READ_CHUNK;
+            if ((size_t)n < READ_CHUNK && !c->peer_shut)
+                c->unread = false;
             continue;
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->unread = false;
             break;
+        }
         pthread_mutex_lock(&c->mu);
         if (n == 0)
             c->eof = true;
@@ -447,12 +472,32 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
         c->in = NULL;
         c->in_cap = 0;
     }
-    batch_emit(s, c, &b);
+}
 
+/* Serves |c| after its event, and again while events or replies come
+ * meanwhile; then leaves its registration in step or closes it. |chunk|:
+ * the thread's read buffer, so that a connection holds only the bytes of a
+ * frame still incomplete. */
+static void serve(struct server *s, struct conn *c, uint32_t events,
+                  uint8_t *chunk)
+{
     pthread_mutex_lock(&c->mu);
-    flush_locked(c);
+    note_events_locked(c, events);
+    for (;;) {
+        pthread_mutex_unlock(&c->mu);
+        struct batch b = {0};
+        take_input(s, c, &b, chunk);
+        batch_emit(s, c, &b);
+        pthread_mutex_lock(&c->mu);
+        flush_locked(c);
+        if (must_close_locked(c) || !c->again)
+            break;
+        c->again = false;
+        note_events_locked(c, c->pending);
+        c->pending = 0;
+    }
     if (!must_close_locked(c))
-        rearm_locked(s, c);
+        settle_locked(s, c);
     if (!must_close_locked(c)) {
         c->serving = false;
         pthread_mutex_unlock(&c->mu);
@@ -483,7 +528,11 @@ static void *serve_thread(void *arg)
             struct conn *c = lookup_locked(s, evs[i].data.u64);
             if (c != NULL) {
                 pthread_mutex_lock(&c->mu);
-                bool taken = c->serving; /* it rearmed and another fired */
+                bool taken = c->serving;
+                if (taken) { /* its thread serves it once more */
+                    c->again = true;
+                    c->pending |= evs[i].events;
+                }
                 c->serving = true;
                 pthread_mutex_unlock(&c->mu);
                 if (taken)
@@ -690,8 +739,7 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
     if (failed == NULL) {
         s->gens[slot] = (uint16_t)((s->gens[slot] + 1) & 0xfff);
         c->id = (uint32_t)slot | ((uint32_t)s->gens[slot] << SLOT_BITS);
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
-                                 .data.u64 = c->id};
+        struct epoll_event ev = {.events = WATCH, .data.u64 = c->id};
         s->slots[slot] = c;
         id = c->id;
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
@@ -747,14 +795,15 @@ static bool reply(struct server *s, uint64_t id, const uint8_t *frame,
     c->ending = c->ending || end;
     c->closing = c->closing || close_now;
     if (c->serving) {
-        /* Its thread sends and rearms when it finishes. */
+        /* Its thread sends, and reads on if it may now. */
+        c->again = true;
         pthread_mutex_unlock(&c->mu);
         pthread_mutex_unlock(&s->mu);
         return true;
     }
     flush_locked(c);
     if (!must_close_locked(c))
-        rearm_locked(s, c);
+        settle_locked(s, c);
     if (must_close_locked(c)) {
         close_and_unlock(s, c);
         return true;
