@@ -22,6 +22,7 @@
         "src-native/common/keyref.c",
         "src-native/common/log.c",
         "src-native/common/names.c",
+        "src-native/common/spin.c",
         "<!@(node -p \"require('fs').readdirSync('src-native/provider').filter(f => f.endsWith('.c')).map(f => 'src-native/provider/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('src-native/engine').filter(f => f.endsWith('.c')).map(f => 'src-native/engine/' + f).join(' ')\")"
       ],

@@ -22,14 +22,20 @@
  * (they lead to the same agent) and the request is retried once on a fresh
  * one. No check before each use: that was a system call per request, under
  * the pool's lock. Nothing is sticky: every call tries to connect again.
+ *
+ * Waiting: a caller whose replies have been coming back quickly polls its
+ * socket for a short while before it sleeps in poll() (spin.h says when and
+ * why).
  */
 #include "channel.h"
 #include "log.h"
 #include "names.h"
+#include "spin.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +64,7 @@ struct agent_channel {
     struct conn *conns; /* all open connections, idle and busy */
     pid_t pid;          /* the process that opened them */
     uint32_t next_id;
+    struct kb_spin spin; /* how long replies take, and whether to poll */
     struct agent_channel *next_channel; /* registry, for pthread_atfork */
 };
 
@@ -114,9 +121,7 @@ static void atfork_register(void)
 
 static long long now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return kb_now_ns() / 1000000;
 }
 
 static int wait_fd(int fd, short events, long long deadline)
@@ -188,15 +193,44 @@ static enum io_result read_full(int fd, uint8_t *p, size_t n,
     return IO_OK;
 }
 
+/* Tries to read without sleeping for up to |spin_ns|, yielding the core
+ * between tries; the result of the last recv(), or -1 with EAGAIN when
+ * nothing came. */
+static ssize_t recv_spinning(int fd, uint8_t *p, size_t max, long long spin_ns)
+{
+    long long until = kb_now_ns() + spin_ns;
+    for (;;) {
+        ssize_t r = recv(fd, p, max, MSG_DONTWAIT);
+        if (r >= 0 ||
+            (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return r;
+        if (kb_now_ns() >= until) {
+            errno = EAGAIN;
+            return -1;
+        }
+        sched_yield();
+    }
+}
+
 /*
- * Reads at least |min| and at most |max| bytes into |p|, waiting before each
- * read: a reply is never there the moment its request has left, so a read
- * first would only cost a system call to learn that.
+ * Reads at least |min| and at most |max| bytes into |p|. Without |spin_ns|
+ * it waits before each read: a reply is never there the moment its request
+ * has left, so a read first would only cost a system call to learn that.
  */
 static enum io_result read_some(int fd, uint8_t *p, size_t min, size_t max,
-                                size_t *got, long long deadline)
+                                size_t *got, long long deadline,
+                                long long spin_ns)
 {
     *got = 0;
+    if (spin_ns > 0) {
+        ssize_t r = recv_spinning(fd, p, max, spin_ns);
+        if (r > 0)
+            *got = (size_t)r;
+        else if (r == 0)
+            return IO_EOF;
+        else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+            return IO_ERROR;
+    }
     while (*got < min) {
         int w = wait_fd(fd, POLLIN, deadline);
         if (w == 0)
@@ -240,14 +274,18 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
     enum io_result r;
 
     *retryable = 0;
+    long long spin_ns = kb_spin_budget(&ch->spin);
+    long long sent_at = kb_now_ns();
     r = write_all(fd, frame, len, deadline);
     if (r == IO_ERROR && (errno == EPIPE || errno == ECONNRESET))
         *retryable = 1;
     if (r == IO_OK) {
-        r = read_some(fd, head, 4, sizeof(head), &got, deadline);
+        r = read_some(fd, head, 4, sizeof(head), &got, deadline, spin_ns);
         if (r == IO_EOF || (r == IO_ERROR && errno == ECONNRESET))
             *retryable = 1; /* closed before answering anything */
     }
+    if (r == IO_OK)
+        kb_spin_record(&ch->spin, kb_now_ns() - sent_at);
     if (r == IO_TIMEOUT) {
         kb_err_set(err, KB_ERR_LOCAL_TIMEOUT,
                    "the kmsbridge agent at %s did not answer within %u ms",

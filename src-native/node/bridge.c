@@ -13,10 +13,13 @@
  * Ownership of a request: the caller holds one reference, the worker side one
  * (first the tsfn queue, then the JS handle object, released by its
  * finalizer). One mutex guards all bridge state; each request has its own
- * condition variable on CLOCK_MONOTONIC.
+ * condition variable on CLOCK_MONOTONIC. While the worker has been answering
+ * quickly, a caller looks for its answer for a short while before it sleeps
+ * on that variable (spin.h).
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,7 @@
 
 #include "addon.h"
 #include "channel.h"
+#include "spin.h"
 #include "wire.h"
 
 enum req_state { REQ_PENDING, REQ_DONE, REQ_FAILED };
@@ -46,6 +50,7 @@ struct bridge {
     pthread_t worker;
     unsigned timeout_ms;
     uint32_t next_id;
+    struct kb_spin spin;       /* how long answers take, and whether to poll */
     struct bridge_req pending; /* list head */
 };
 
@@ -67,6 +72,19 @@ static void req_unlink_locked(struct bridge_req *r)
         r->prev->next = r->next;
         r->next->prev = r->prev;
         r->prev = r->next = NULL;
+    }
+}
+
+/* Looks for |r|'s answer for up to |spin_ns| before its caller sleeps,
+ * yielding the core between looks; b->lock held on entry and return. */
+static void poll_for_answer(struct bridge *b, struct bridge_req *r,
+                            long long spin_ns)
+{
+    long long until = kb_now_ns() + spin_ns;
+    while (r->state == REQ_PENDING && kb_now_ns() < until) {
+        pthread_mutex_unlock(&b->lock);
+        sched_yield();
+        pthread_mutex_lock(&b->lock);
     }
 }
 
@@ -143,6 +161,8 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
     r->prev = &b->pending;
     b->pending.next->prev = r;
     b->pending.next = r;
+    long long spin_ns = kb_spin_budget(&b->spin);
+    long long queued_at = kb_now_ns();
     if (napi_call_threadsafe_function(b->tsfn, r, napi_tsfn_nonblocking) !=
         napi_ok) {
         req_unlink_locked(r);
@@ -162,6 +182,8 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
+    if (spin_ns > 0)
+        poll_for_answer(b, r, spin_ns);
     while (r->state == REQ_PENDING) {
         if (pthread_cond_timedwait(&r->cond, &b->lock, &deadline) ==
                 ETIMEDOUT &&
@@ -176,6 +198,7 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
     }
     int ok = r->state == REQ_DONE;
     if (ok) {
+        kb_spin_record(&b->spin, kb_now_ns() - queued_at);
         *reply = r->reply;
         r->reply = NULL;
     } else if (err != NULL) {

@@ -1,0 +1,68 @@
+#include "spin.h"
+
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SAMPLE_NS 10000000 /* how often to look for a free core */
+
+long long kb_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Whether a core is probably free: no more threads runnable than cores
+ * online (the 4th field of /proc/loadavg, the asking thread included),
+ * sampled at most every SAMPLE_NS by whichever thread asks. */
+static bool core_free(void)
+{
+    static atomic_llong sampled_at;
+    static atomic_bool free_core;
+    static atomic_long cores;
+    long long t = kb_now_ns();
+    if (t - atomic_load_explicit(&sampled_at, memory_order_relaxed) < SAMPLE_NS)
+        return atomic_load_explicit(&free_core, memory_order_relaxed);
+    atomic_store_explicit(&sampled_at, t, memory_order_relaxed);
+    if (atomic_load_explicit(&cores, memory_order_relaxed) == 0)
+        atomic_store_explicit(&cores, sysconf(_SC_NPROCESSORS_ONLN),
+                              memory_order_relaxed);
+    bool answer = false;
+    char buf[128];
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n > 0) {
+        buf[n] = '\0';
+        long runnable = 0;
+        if (sscanf(buf, "%*s %*s %*s %ld/", &runnable) == 1)
+            answer =
+                runnable <= atomic_load_explicit(&cores, memory_order_relaxed);
+    }
+    atomic_store_explicit(&free_core, answer, memory_order_relaxed);
+    return answer;
+}
+
+long long kb_spin_budget(struct kb_spin *s)
+{
+    long long average =
+        atomic_load_explicit(&s->average_ns, memory_order_relaxed);
+    if (average >= KB_SPIN_LIMIT_NS || !core_free())
+        return 0;
+    long long budget = 2 * average + 5000;
+    return budget < KB_SPIN_MAX_NS ? budget : KB_SPIN_MAX_NS;
+}
+
+void kb_spin_record(struct kb_spin *s, long long took_ns)
+{
+    /* About the last eight answers; threads race on it harmlessly, each
+     * update being a whole value. */
+    long long average =
+        atomic_load_explicit(&s->average_ns, memory_order_relaxed);
+    atomic_store_explicit(&s->average_ns, average + (took_ns - average) / 8,
+                          memory_order_relaxed);
+}

@@ -1,0 +1,35 @@
+/*
+ * Polling before sleeping, for a thread that waits for another thread or
+ * process to answer.
+ *
+ * A thread that sleeps for its answer costs a wake-up on both sides, and on
+ * a virtual machine a wake-up costs more CPU than a short wait
+ * (docs/bench/notes.md). So while a waiter's answers have been coming back
+ * quickly (a moving average under KB_SPIN_LIMIT_NS) it first polls without
+ * sleeping, yielding the core between tries to anything else runnable, for
+ * up to twice that average (at most KB_SPIN_MAX_NS); then it sleeps as
+ * before. Only while a core is free: when every core is taken, polling would
+ * take one from the work the answer waits for. Slow answers (RSA, a slow key
+ * manager) turn polling off by themselves, since they raise the average.
+ */
+#ifndef KB_SPIN_H
+#define KB_SPIN_H
+
+#include <stdatomic.h>
+
+#define KB_SPIN_LIMIT_NS 150000 /* answers slower on average: sleep at once */
+#define KB_SPIN_MAX_NS 200000   /* the longest a waiter polls */
+
+struct kb_spin {
+    atomic_llong average_ns; /* of the time to an answer; 0 at first */
+};
+
+long long kb_now_ns(void);
+
+/* How long the next wait may poll before sleeping; 0: sleep at once. */
+long long kb_spin_budget(struct kb_spin *s);
+
+/* Records how long a wait took, from the request to the answer. */
+void kb_spin_record(struct kb_spin *s, long long took_ns);
+
+#endif
