@@ -1,19 +1,27 @@
-// How a caller of the agent channel waits for its reply (src-native/common/
-// channel_agent.c): while replies come back within tens of microseconds it
-// polls its socket for a short while before sleeping; a slow key manager
-// must still find it asleep. A process that alternates fast signatures (which
-// keep the channel's average low) with signatures from a keyring whose
-// backend takes 40 ms must spend far less CPU than the time it waits. Every
-// signature is checked by node:crypto, one of each by the system openssl.
+// Polling instead of sleeping, on both sides of the agent's socket
+// (src-native/common/spin.c): while answers come quickly, a caller polls for
+// its reply and the agent's serving thread polls for the peer's next request,
+// each for a short while, before sleeping; anything slower must find them
+// asleep.
+// - A process that alternates fast signatures (which keep the channel's
+//   average low) with signatures from a keyring whose backend takes 40 ms
+//   spends far less CPU than the time it waits.
+// - A peer that signs in a tight loop and then slows down to one request
+//   every 5 ms costs the agent's serving threads far less run time than that.
+// Every signature is checked by node:crypto, one of each by the system
+// openssl.
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { sandbox, cliOk, startAgent, opensslOk, ROOT } from './lib/env.mjs';
+import { formatRunTimes } from './lib/proc.mjs';
 
 const LATENCY_MS = 40;
 const ROUNDS = 10;
+const PAUSE_MS = 5;
+const PAUSED = 40;
 
 // Node with the provider on the agent channel; crypto.sign (synchronous) waits
 // on the main thread. Prints the signatures and the process's CPU time spent
@@ -71,4 +79,55 @@ t.test('a caller waiting for a slow key manager sleeps, right after fast replies
     out.slowCpuUs < out.slowWallUs / 4,
     `the process used ${Math.round(out.slowCpuUs / 1000)} ms of CPU while waiting ${Math.round(out.slowWallUs / 1000)} ms for slow signatures`,
   );
+});
+
+// A peer that signs 300 times in a loop, then 40 times with 5 ms between
+// requests; it reads the agent's thread run times around the slow part.
+const PEER = `
+import crypto from 'node:crypto';
+import kmsbridge from ${JSON.stringify(path.join(ROOT, 'dist', 'index.js'))};
+import { runTimes, since } from ${JSON.stringify(path.join(ROOT, 'test', 'lib', 'proc.mjs'))};
+const [socket, uri, agentPid, pauseMs, paused] = process.argv.slice(2);
+const kb = await kmsbridge.load({ agent: socket, timeoutMs: 10000 });
+const key = kb.privateKey(uri);
+const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+const sigs = [];
+for (let i = 0; i < 300; i++) sigs.push(['loop ' + i, crypto.sign('sha256', Buffer.from('loop ' + i), key).toString('base64')]);
+const before = runTimes(Number(agentPid));
+const w0 = process.hrtime.bigint();
+for (let i = 0; i < Number(paused); i++) {
+  sleep(Number(pauseMs));
+  sigs.push(['paused ' + i, crypto.sign('sha256', Buffer.from('paused ' + i), key).toString('base64')]);
+}
+const wallMs = Number(process.hrtime.bigint() - w0) / 1e6;
+console.log(JSON.stringify({ sigs, agent: since(before, runTimes(Number(agentPid))), wallMs }));
+`;
+
+t.test('the agent polls for a quick peer, and stops when the peer slows down', async (t) => {
+  const box = sandbox(t);
+  const agent = await startAgent(t, box);
+  const uri = cliOk(t, box, ['keys', 'create', 'loop', '--keyring', 'local', '--type', 'ec-p256']).trim();
+  const pub = cliOk(t, box, ['keys', 'export', uri]);
+  const script = box.file('peer.mjs');
+  fs.writeFileSync(script, PEER);
+  const r = spawnSync(process.execPath, [script, box.socket, uri, String(agent.child.pid), String(PAUSE_MS), String(PAUSED)], {
+    env: box.env,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  t.equal(r.status, 0, `the peer ran: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop());
+  const bad = out.sigs.filter(([msg, sig]) => !crypto.verify('sha256', Buffer.from(msg), pub, Buffer.from(sig, 'base64')));
+  t.equal(bad.length, 0, `all ${out.sigs.length} signatures verify`);
+  const [msg, sig] = out.sigs.at(-1);
+  fs.writeFileSync(box.file('p.pub'), pub);
+  fs.writeFileSync(box.file('m.msg'), msg);
+  fs.writeFileSync(box.file('m.sig'), Buffer.from(sig, 'base64'));
+  opensslOk(t, ['dgst', '-sha256', '-verify', box.file('p.pub'), '-signature', box.file('m.sig'), box.file('m.msg')]);
+  t.ok(out.wallMs >= PAUSED * PAUSE_MS, `the slow part took ${Math.round(out.wallMs)} ms`);
+  // A serving thread that polled through the pauses would run about as long
+  // as they last; one that sleeps runs for the signatures, well under a
+  // millisecond each.
+  const agentMs = out.agent.main + out.agent.serving + out.agent.others;
+  t.ok(agentMs < out.wallMs / 4, `the agent ran ${agentMs.toFixed(1)} ms over ${Math.round(out.wallMs)} ms of a slow peer (${formatRunTimes(out.agent)})`);
 });

@@ -27,6 +27,14 @@
  * would otherwise wake a thread each time. Frame bounds are the fuzzed
  * codec's (wire.c).
  *
+ * Polling: a peer that sends its next request soon after each reply (a
+ * signing loop) would cost a wake-up per request. After answering such a
+ * peer, with nothing of its with JavaScript, a thread keeps its connection
+ * for a short while and reads it without sleeping (spin.h says when). The
+ * registration is disabled meanwhile, so that no other thread is woken for
+ * it, and enabled again when the thread gives it up; one thread always stays
+ * in epoll_wait for everyone else.
+ *
  * Locks: the server's mutex (the connection table) before a connection's.
  * A connection is freed only with both held and while no thread serves it;
  * everyone else finds it by id under the server's mutex.
@@ -48,6 +56,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -59,6 +68,7 @@
 #include <unistd.h>
 
 #include "addon.h"
+#include "spin.h"
 #include "wire.h"
 
 #define MAX_THREADS 16
@@ -82,8 +92,10 @@ struct conn {
      * under mu, by whoever finds it not served). */
     uint8_t *in;
     size_t in_len, in_cap;
-    bool unread;    /* the socket may hold bytes not read yet */
-    bool peer_shut; /* the peer shut its side: read on to the end */
+    bool unread;          /* the socket may hold bytes not read yet */
+    bool peer_shut;       /* the peer shut its side: read on to the end */
+    struct kb_spin gaps;  /* from a reply to the peer's next request */
+    long long replied_at; /* when this thread last answered it all, or 0 */
     /* The rest: under mu. */
     pthread_mutex_t mu;
     uint8_t *out;
@@ -93,6 +105,7 @@ struct conn {
     bool again;         /* an event or a reply came meanwhile: serve again */
     uint32_t pending;   /* the events that found it served */
     bool watching_out;  /* the registration includes writable */
+    bool polled;        /* its registration is disabled while polled */
     bool eof;           /* the peer closed its side */
     bool ending;        /* close once the replies are sent (serveReply end) */
     bool closing;       /* close as soon as nobody serves it */
@@ -103,6 +116,7 @@ struct server {
     int epfd, wakefd;
     pthread_t threads[MAX_THREADS];
     int nthreads;
+    atomic_int polling; /* threads polling a connection */
     unsigned max_in_flight;
     atomic_bool stopping;
     bool stopped;
@@ -314,13 +328,14 @@ static void settle_locked(struct server *s, struct conn *c)
 {
     bool work = may_read_locked(s, c) && (c->unread || next_frame(c) != 0);
     bool out = unsent(c) > 0 || work;
-    if (!work && out == c->watching_out)
+    if (!work && out == c->watching_out && !c->polled)
         return;
     struct epoll_event ev = {.events = WATCH | (out ? EPOLLOUT : 0),
                              .data.u64 = c->id};
     if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
         c->broken = "could not watch the connection (epoll_ctl)";
     c->watching_out = out;
+    c->polled = false;
 }
 
 /* What an event says about input; |c| locked. */
@@ -474,6 +489,58 @@ static void take_input(struct server *s, struct conn *c, struct batch *b,
     }
 }
 
+/* After a turn that answered everything |c| sent, and while its peer has
+ * been sending its next request soon after each reply: reads it without
+ * sleeping for a while. True when bytes came (with |c| locked, as on entry);
+ * false to give it up. */
+static bool poll_next_request(struct server *s, struct conn *c, uint8_t *chunk)
+{
+    if (c->in_flight > 0 || unsent(c) > 0 || c->unread || c->again ||
+        !may_read_locked(s, c))
+        return false;
+    long long budget = kb_spin_budget(&c->gaps);
+    if (budget == 0)
+        return false;
+    /* One thread always waits in epoll_wait for the other connections. */
+    int polling = atomic_load(&s->polling);
+    do {
+        if (polling + 1 >= s->nthreads)
+            return false;
+    } while (!atomic_compare_exchange_weak(&s->polling, &polling, polling + 1));
+    if (!c->polled) {
+        struct epoll_event off = {.events = 0, .data.u64 = c->id};
+        c->polled = epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &off) == 0;
+        c->watching_out = false;
+    }
+    pthread_mutex_unlock(&c->mu);
+    long long now = kb_now_ns(), until = now + budget;
+    ssize_t n = -1;
+    while (now < until && !atomic_load(&s->stopping)) {
+        n = read(c->fd, chunk, READ_CHUNK);
+        if (n >= 0 ||
+            (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            break;
+        sched_yield();
+        now = kb_now_ns();
+    }
+    int error = errno;
+    atomic_fetch_sub(&s->polling, 1);
+    bool came = n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n);
+    if (came) {
+        memcpy(c->in + c->in_len, chunk, (size_t)n);
+        c->in_len += (size_t)n;
+        c->unread = (size_t)n == READ_CHUNK || c->peer_shut;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (n == 0)
+        c->eof = true;
+    else if (n > 0 && !came)
+        c->broken = "out of memory for requests";
+    else if (n < 0 && error != EAGAIN && error != EWOULDBLOCK && error != EINTR)
+        c->broken = "could not read from the connection";
+    return came;
+}
+
 /* Serves |c| after its event, and again while events or replies come
  * meanwhile; then leaves its registration in step or closes it. |chunk|:
  * the thread's read buffer, so that a connection holds only the bytes of a
@@ -483,6 +550,8 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
 {
     pthread_mutex_lock(&c->mu);
     note_events_locked(c, events);
+    if (c->replied_at != 0)
+        kb_spin_record(&c->gaps, kb_now_ns() - c->replied_at);
     for (;;) {
         pthread_mutex_unlock(&c->mu);
         struct batch b = {0};
@@ -490,11 +559,19 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
         batch_emit(s, c, &b);
         pthread_mutex_lock(&c->mu);
         flush_locked(c);
-        if (must_close_locked(c) || !c->again)
+        c->replied_at = c->in_flight == 0 && unsent(c) == 0 ? kb_now_ns() : 0;
+        if (must_close_locked(c))
             break;
-        c->again = false;
-        note_events_locked(c, c->pending);
-        c->pending = 0;
+        if (c->again) {
+            c->again = false;
+            note_events_locked(c, c->pending);
+            c->pending = 0;
+            continue;
+        }
+        if (!poll_next_request(s, c, chunk))
+            break;
+        kb_spin_record(&c->gaps, kb_now_ns() - c->replied_at);
+        c->replied_at = 0;
     }
     if (!must_close_locked(c))
         settle_locked(s, c);
@@ -709,6 +786,8 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
     c->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
     c->pid = (long)pid;
     c->uid = (unsigned long)uid;
+    /* a peer is not polled for until it has shown that it asks quickly */
+    atomic_init(&c->gaps.average_ns, KB_SPIN_LIMIT_NS);
     pthread_mutex_init(&c->mu, NULL);
     const char *failed = NULL;
     if (c->fd < 0 || fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
