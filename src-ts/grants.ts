@@ -48,12 +48,12 @@ export class Grants {
     const maxInside = uid !== undefined ? (this.opts.pkcs11MaxInside ?? 0) : 0;
     const request = { algorithm, data: f.requireBytes(Tag.DATA), ...(digest ? { digest } : {}), ...optional };
     void this.ks.grant(uri, request, { tokenThreads: maxInside }).then((g) => {
-      if (!g || this.closed || !digest) return;
+      if (!g || this.closed) return;
       const base = {
         uri,
         keyring: g.keyring,
         algorithm,
-        digest,
+        ...(digest ? { digest } : {}),
         ...optional,
         dataLength: g.dataLength,
         auditFd: this.opts.auditFd,

@@ -162,12 +162,17 @@ export class KeyService {
     try {
       const { parsed, kr } = this.resolve(uri);
       const backend = kr.backend;
-      if (!backend.grant || kr.config.injectLatencyMs > 0 || req.digest === undefined) return undefined;
+      if (!backend.grant || kr.config.injectLatencyMs > 0) return undefined;
       if (backend.type === 'pkcs11' && opts.tokenThreads < 1) return undefined;
-      if (req.algorithm !== 'rsa-pkcs1' && req.algorithm !== 'rsa-pss' && req.algorithm !== 'ecdsa') return undefined;
-      checkSignature(kr.config, await this.describeRaw(uri), req, 'sign');
+      // Ed25519 (the message itself, any length) only where policy sets no message limit: a local key.
+      const ed25519 = req.algorithm === 'ed25519' && backend.type === 'local';
+      if (!ed25519 && (req.digest === undefined || (req.algorithm !== 'rsa-pkcs1' && req.algorithm !== 'rsa-pss' && req.algorithm !== 'ecdsa')))
+        return undefined;
+      const desc = await this.describeRaw(uri);
+      checkSignature(kr.config, desc, req, 'sign');
+      if (ed25519 && desc.maxMessage !== undefined) return undefined;
       const g = await this.call(kr, `grant ${uri}`, (s) => backend.grant!(parsed.keyId, req, s, opts));
-      return g && { ...g, keyring: kr.config.name, dataLength: DIGEST_SIZE[req.digest] };
+      return g && { ...g, keyring: kr.config.name, dataLength: req.digest ? DIGEST_SIZE[req.digest] : 0 };
     } catch {
       return undefined;
     }

@@ -68,9 +68,11 @@ export interface NativeAddon {
       uri: string;
       keyring: string;
       algorithm: string;
-      digest: string;
+      /** Absent for Ed25519, which signs the message itself. */
+      digest?: string;
       mgf1Digest?: string;
       saltLength?: number;
+      /** The digest's length; 0 for Ed25519: a message of any length. */
       dataLength: number;
       auditFd: number;
       uid?: number;

@@ -111,6 +111,49 @@ t.test('anything but the granted operation, peer and key file goes to the KeySer
   t.equal(miss(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }])), null, 'the key file is gone');
 });
 
+t.test('Ed25519: a grant without a digest covers messages of any length; the shapes that do not fit are refused', async (t) => {
+  const ed = crypto.generateKeyPairSync('ed25519');
+  const file = keyFile('ed.key');
+  const edFrame = (data, extra = []) =>
+    encodeFrame({
+      id: 9,
+      type: MsgType.SIGN,
+      status: 0,
+      fields: [{ tag: Tag.URI, value: 'kms:t/ed' }, { tag: Tag.ALGORITHM, value: 'ed25519' }, ...extra, { tag: Tag.DATA, value: data }],
+    });
+  addon.grantSign({ uri: 'kms:t/ed', keyring: 't', algorithm: 'ed25519', dataLength: 0, key: handle(ed), ...file, auditFd, uid: 77 });
+  const before = fs.readFileSync(auditFile, 'utf8').length;
+  for (const len of [1, 32, 130, 5000]) {
+    const msg = crypto.randomBytes(len);
+    const reply = addon.signGranted(edFrame(msg), 4343, 77);
+    t.ok(reply, `a ${len}-byte message is answered`);
+    const sig = result(reply).sig;
+    t.ok(crypto.verify(null, msg, ed.publicKey, sig), `its signature verifies`);
+    t.same(sig, crypto.sign(null, msg, ed.privateKey), 'and is the one node:crypto makes (Ed25519 is deterministic)');
+  }
+  const lines = fs
+    .readFileSync(auditFile, 'utf8')
+    .slice(before)
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  t.equal(lines.length, 4, 'one audit line each');
+  t.match(lines[0], { pid: 4343, uid: 77, uri: 'kms:t/ed', op: 'sign', alg: 'ed25519', outcome: 'ok' });
+  t.notOk('digest' in lines[0], 'naming no digest, as the KeyService does');
+  t.equal(addon.signGranted(edFrame(Buffer.from('x'), [{ tag: Tag.DIGEST, value: 'sha256' }]), 1, 77), null, 'a request with a digest is not covered');
+  t.equal(addon.signGranted(edFrame(Buffer.from('x')), 1, 78), null, 'nor another uid');
+  const shape = { uri: 'kms:t/ed2', keyring: 't', key: handle(ed), ...file, auditFd: -1, uid: 77 };
+  t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', digest: 'sha256', dataLength: 32 }), /none for ed25519/, 'Ed25519 with a digest is refused');
+  t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', dataLength: 32 }), /0 for ed25519/, 'Ed25519 with a length is refused');
+  t.throws(() => addon.grantSign({ ...shape, algorithm: 'ecdsa', dataLength: 0 }), /grantSign\(/, 'ECDSA without a digest is refused');
+  t.throws(
+    () => addon.grantSign({ uri: 'kms:t/ed3', keyring: 't', algorithm: 'ed25519', dataLength: 0, auditFd: -1, uid: 77, pkcs11: {} }),
+    /no PKCS#11 grant for Ed25519/,
+    'and on a token',
+  );
+  addon.revokeGrants('kms:t/ed');
+});
+
 t.test('revoked grants answer nothing', async (t) => {
   const file = keyFile('again.key');
   addon.grantSign({ uri: 'kms:t/again', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
@@ -185,4 +228,54 @@ t.test('through a real agent: repeated signatures verify and are audited once ea
   const s = await sign('after replace');
   t.ok(crypto.verify('sha256', Buffer.from('after replace'), newPub, s), 'replaced: the new key signs');
   t.notOk(crypto.verify('sha256', Buffer.from('after replace'), pubPem, s), 'not the old one');
+});
+
+t.test('through a real agent: Ed25519 signatures after the first are made by the serving threads, of any length', async (t) => {
+  const { sandbox, cliOk, startAgent, opensslOk } = await import('./lib/env.mjs');
+  const { AgentClient } = await import('../dist/agent/client.js');
+  const { runTimes, since, formatRunTimes } = await import('./lib/proc.mjs');
+  const box = sandbox(t);
+  const agent = await startAgent(t, box);
+  const uri = cliOk(t, box, ['keys', 'create', 'ed', '--keyring', 'local', '--type', 'ed25519']).trim();
+  const pubPem = cliOk(t, box, ['keys', 'export', uri]);
+  const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
+  t.teardown(() => client.close());
+  const sign = (msg) =>
+    client
+      .request(MsgType.SIGN, [
+        { tag: Tag.URI, value: uri },
+        { tag: Tag.ALGORITHM, value: 'ed25519' },
+        { tag: Tag.DATA, value: msg },
+      ])
+      .then((f) => f.requireBytes(Tag.RESULT));
+  const first = await sign(Buffer.from('first'));
+  t.ok(crypto.verify(null, Buffer.from('first'), pubPem, first), 'the KeyService signs the first');
+  await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
+  const msgs = Array.from({ length: 200 }, (_, i) => crypto.randomBytes(1 + ((i * 37) % 700)));
+  const before = runTimes(agent.child.pid);
+  const sigs = [];
+  for (const m of msgs) sigs.push(await sign(m));
+  const ran = since(before, runTimes(agent.child.pid));
+  t.ok(
+    sigs.every((s, i) => crypto.verify(null, msgs[i], pubPem, s)),
+    '200 signatures of messages from 1 to 700 bytes verify',
+  );
+  t.ok(ran.main < ran.serving / 2, `the serving threads did the work, not JavaScript (${formatRunTimes(ran)})`);
+  fs.writeFileSync(box.file('ed.pub'), pubPem);
+  fs.writeFileSync(box.file('ed.msg'), msgs[199]);
+  fs.writeFileSync(box.file('ed.sig'), sigs[199]);
+  opensslOk(t, ['pkeyutl', '-verify', '-pubin', '-inkey', box.file('ed.pub'), '-rawin', '-in', box.file('ed.msg'), '-sigfile', box.file('ed.sig')]);
+  const lines = fs
+    .readFileSync(box.file('audit.log'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((r) => r.op === 'sign');
+  t.equal(lines.length, 201, 'one audit line each');
+  t.ok(
+    lines.every((r) => r.alg === 'ed25519' && r.uid === process.getuid() && r.outcome === 'ok' && !('digest' in r)),
+    'all alike, whoever made them',
+  );
+  cliOk(t, box, ['keys', 'delete', uri]);
+  await t.rejects(sign(Buffer.from('after delete')), { codeName: 'NOT_FOUND' }, 'deleted: refused');
 });

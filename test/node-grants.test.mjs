@@ -88,6 +88,51 @@ t.test('approved signatures run on the calling thread: each verifies and is audi
   ]);
 });
 
+t.test('Ed25519 too: messages of any length, signed on the calling thread, the same signatures the worker makes', async (t) => {
+  const ed = create('grant-ed', 'ed25519');
+  const key = kb.privateKey(ed);
+  const pub = publicKey(ed);
+  const first = crypto.sign(null, Buffer.from('first'), key); // approved and run by the worker
+  await new Promise((r) => setTimeout(r, 100));
+  const msgs = Array.from({ length: 1000 }, (_, i) => crypto.randomBytes(1 + ((i * 53) % 900)));
+  const lines = auditLines().length;
+  const before = runTimes();
+  const sigs = msgs.map((m) => crypto.sign(null, m, key));
+  const spent = runTimes();
+  const main = (spent.main - before.main) / 1e6;
+  const others = (spent.others - before.others) / 1e6;
+  t.ok(crypto.verify(null, Buffer.from('first'), pub, first), "the worker's signature verifies");
+  t.ok(
+    sigs.every((s, i) => crypto.verify(null, msgs[i], pub, s)),
+    '1,000 signatures of 1 to 900 bytes verify',
+  );
+  // (other threads: the worker does nothing; V8's garbage collector some)
+  t.ok(others < main / 2, `the worker thread was not involved (main thread ${main.toFixed(1)} ms, other threads ${others.toFixed(1)} ms)`);
+  const added = auditLines()
+    .slice(lines)
+    .map((l) => JSON.parse(l));
+  t.equal(added.length, 1000, 'one audit line per signature');
+  t.ok(
+    added.every((r) => r.alg === 'ed25519' && r.uri === ed && r.pid === process.pid && !('digest' in r)),
+    'as the worker writes them',
+  );
+  fs.writeFileSync(box.file('grant-ed.msg'), msgs[999]);
+  fs.writeFileSync(box.file('grant-ed.sig'), sigs[999]);
+  fs.writeFileSync(box.file('grant-ed.pub'), cliOk(t, box, ['keys', 'export', ed]));
+  opensslOk(t, [
+    'pkeyutl',
+    '-verify',
+    '-pubin',
+    '-inkey',
+    box.file('grant-ed.pub'),
+    '-rawin',
+    '-in',
+    box.file('grant-ed.msg'),
+    '-sigfile',
+    box.file('grant-ed.sig'),
+  ]);
+});
+
 t.test('anything else still goes through the KeyService and its policy', async (t) => {
   const key = kb.privateKey(rsa);
   const pub = publicKey(rsa);

@@ -8,7 +8,10 @@
  * an ECDSA signature. After the worker has checked and run a SIGN for a local
  * key, it grants that exact operation: the same URI, algorithm, digest, MGF1
  * digest, salt length and input length, on the key it loaded, as long as
- * the key file is the one it read. The bridge then runs a matching request
+ * the key file is the one it read. Ed25519 signs the message itself, not a
+ * digest: its grant covers messages of any length (policy sets none for a
+ * local key), or a process signing messages of many lengths would trade one
+ * grant for the next. The bridge then runs a matching request
  * on the caller's thread, writes the same audit line the worker would have
  * written, and answers. Anything else (another tuple, a changed or missing
  * key file, an error) goes to the worker as before; the worker revokes
@@ -26,7 +29,7 @@
  *
  * JS surface:
  *   grantSign({ uri, keyring, algorithm, digest, mgf1Digest?, saltLength?,
- *               dataLength, auditFd, uid?,
+ *               dataLength, auditFd, uid?,   Ed25519: no digest, dataLength 0
  *               key, file, ino, mtimeMs, size            a local key, or
  *               pkcs11: { module, slot, object, maxInside }  a token's })
  *                            uid: the only peer it is for (absent: any
@@ -61,12 +64,12 @@ struct grant {
     enum grant_kind kind;
     char *uri;
     char *keyring;
-    char algorithm[16]; /* "rsa-pkcs1", "rsa-pss", "ecdsa" */
-    char digest[16];
-    char mgf1[16];   /* "" when the request carries none */
-    int64_t salt;    /* -1 when the request carries none */
-    size_t data_len; /* the digest's length */
-    int64_t uid;     /* the peer it is for; -1: any caller in this process */
+    char algorithm[16]; /* "rsa-pkcs1", "rsa-pss", "ecdsa", "ed25519" */
+    char digest[16];    /* "" for Ed25519 */
+    char mgf1[16];      /* "" when the request carries none */
+    int64_t salt;       /* -1 when the request carries none */
+    size_t data_len;    /* the digest's length; 0 (any) for Ed25519 */
+    int64_t uid;        /* the peer it is for; -1: any caller in this process */
     /* GRANT_LOCAL */
     EVP_PKEY *pkey; /* one reference */
     char *file;     /* the key file and its identity when it was read */
@@ -167,7 +170,7 @@ static int matches(const struct grant *g, const struct caller *c,
            string_is(m, KB_TAG_DIGEST, g->digest) &&
            string_is(m, KB_TAG_MGF1_DIGEST, g->mgf1) &&
            (salt == NULL ? g->salt == -1 : (int64_t)salt->u32 == g->salt) &&
-           data->len == g->data_len;
+           (g->data_len == 0 || data->len == g->data_len);
 }
 
 /* The key file is still the one the worker read (as its stamp reads it). */
@@ -225,10 +228,10 @@ static void audit(int fd, const struct audited *a, const struct caller *c,
     fprintf(f, "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":", when,
             now.tv_nsec / 1000000L, c->pid, c->uid);
     json_string(f, a->uri, a->uri_len);
-    fprintf(f,
-            ",\"op\":\"sign\",\"alg\":\"%s\",\"digest\":\"%s\","
-            "\"outcome\":\"ok\",\"ms\":%.6f}\n",
-            a->algorithm, a->digest, ms);
+    fprintf(f, ",\"op\":\"sign\",\"alg\":\"%s\"", a->algorithm);
+    if (a->digest[0] != '\0') /* none for Ed25519, as in audit.ts */
+        fprintf(f, ",\"digest\":\"%s\"", a->digest);
+    fprintf(f, ",\"outcome\":\"ok\",\"ms\":%.6f}\n", ms);
     if (fclose(f) == 0) {
         ssize_t n;
         do
@@ -464,19 +467,28 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
         !get_string(env, argv[0], "keyring", keyring, sizeof(keyring), 1) ||
         !get_string(env, argv[0], "algorithm", g.algorithm, sizeof(g.algorithm),
                     1) ||
-        !get_string(env, argv[0], "digest", g.digest, sizeof(g.digest), 1) ||
+        !get_string(env, argv[0], "digest", g.digest, sizeof(g.digest), 0) ||
         !get_string(env, argv[0], "mgf1Digest", g.mgf1, sizeof(g.mgf1), 0) ||
         !get_number(env, argv[0], "saltLength", &salt, 0) ||
         !get_number(env, argv[0], "dataLength", &data_len, 1) ||
         !get_number(env, argv[0], "auditFd", &fd, 1) ||
-        !get_number(env, argv[0], "uid", &uid, 0) || data_len < 1 ||
+        !get_number(env, argv[0], "uid", &uid, 0) || data_len < 0 ||
         napi_get_named_property(env, argv[0], "pkcs11", &p11) != napi_ok ||
-        napi_typeof(env, p11, &p11_type) != napi_ok)
+        napi_typeof(env, p11, &p11_type) != napi_ok ||
+        /* Ed25519 signs the message itself, of any length (0); everything
+         * else a digest of its length */
+        (g.digest[0] == '\0') != (strcmp(g.algorithm, "ed25519") == 0) ||
+        (g.digest[0] == '\0') != (data_len == 0))
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "grantSign({ uri, keyring, algorithm, digest, "
-                           "dataLength, auditFd, uid?, key, file, ino, "
-                           "mtimeMs, size | pkcs11 })");
+                           "grantSign({ uri, keyring, algorithm, digest "
+                           "(none for ed25519), dataLength (0 for ed25519), "
+                           "auditFd, uid?, "
+                           "key, file, ino, mtimeMs, size | pkcs11 })");
     if (p11_type == napi_object) {
+        if (g.digest[0] == '\0')
+            return addon_throw(env, "ERR_INVALID_ARG",
+                               "no PKCS#11 grant for Ed25519 (CKM_EDDSA is "
+                               "not signed here)");
         if (uid < 0)
             return addon_throw(env, "ERR_INVALID_ARG",
                                "a PKCS#11 grant is for one agent peer: uid");

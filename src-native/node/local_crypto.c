@@ -272,6 +272,27 @@ static void verify_ed25519(struct job *job)
     ERR_clear_error();
 }
 
+/* Nor EVP_PKEY_sign: a one-shot DigestSign over the message. */
+static void sign_ed25519(struct job *job)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t len = 0;
+    if (md == NULL ||
+        EVP_DigestSignInit_ex(md, NULL, NULL, NULL, NULL, job->pkey, NULL) <=
+            0 ||
+        EVP_DigestSign(md, NULL, &len, job->in, job->in_len) <= 0 ||
+        (job->out = OPENSSL_malloc(len)) == NULL ||
+        EVP_DigestSign(md, job->out, &len, job->in, job->in_len) <= 0) {
+        OPENSSL_free(job->out);
+        job->out = NULL;
+        set_error(job, "sign failed");
+    } else {
+        job->out_len = len;
+    }
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+}
+
 static int op_init(struct job *job, EVP_PKEY_CTX *ctx)
 {
     switch (job->kind) {
@@ -311,9 +332,12 @@ static void execute(napi_env env, void *data)
     const char *op = op_names[job->kind];
     char what[64];
 
-    if (job->kind == OP_VERIFY &&
-        EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519) {
-        verify_ed25519(job);
+    if (EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519 &&
+        (job->kind == OP_VERIFY || job->kind == OP_SIGN)) {
+        if (job->kind == OP_VERIFY)
+            verify_ed25519(job);
+        else
+            sign_ed25519(job);
         return;
     }
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, job->pkey, NULL);
