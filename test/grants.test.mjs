@@ -178,24 +178,21 @@ t.test('revoked grants answer nothing', async (t) => {
   t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
 });
 
-t.test('through a real agent: repeated signatures verify and are audited once each; deleted and replaced keys are not used', async (t) => {
-  const { sandbox, cliOk, startAgent, opensslOk } = await import('./lib/env.mjs');
+/**
+ * A real agent with one local key of |type|, a connected client and what the
+ * tests need of them: sign(fields) sends a SIGN for the key with |fields| and
+ * resolves its signature; audited() reads the SIGN lines of the audit log.
+ */
+async function agentWithKey(t, name, type) {
+  const { sandbox, cliOk, startAgent } = await import('./lib/env.mjs');
   const { AgentClient } = await import('../dist/agent/client.js');
   const box = sandbox(t);
-  await startAgent(t, box);
-  const uri = cliOk(t, box, ['keys', 'create', 'g', '--keyring', 'local', '--type', 'ec-p256']).trim();
+  const agent = await startAgent(t, box);
+  const uri = cliOk(t, box, ['keys', 'create', name, '--keyring', 'local', '--type', type]).trim();
   const pubPem = cliOk(t, box, ['keys', 'export', uri]);
   const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
   t.teardown(() => client.close());
-  const sign = (msg) =>
-    client
-      .request(MsgType.SIGN, [
-        { tag: Tag.URI, value: uri },
-        { tag: Tag.ALGORITHM, value: 'ecdsa' },
-        { tag: Tag.DIGEST, value: 'sha256' },
-        { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
-      ])
-      .then((f) => f.requireBytes(Tag.RESULT));
+  const sign = (fields) => client.request(MsgType.SIGN, [{ tag: Tag.URI, value: uri }, ...fields]).then((f) => f.requireBytes(Tag.RESULT));
   const audited = () =>
     fs
       .readFileSync(box.file('audit.log'), 'utf8')
@@ -203,6 +200,18 @@ t.test('through a real agent: repeated signatures verify and are audited once ea
       .split('\n')
       .map((l) => JSON.parse(l))
       .filter((r) => r.op === 'sign');
+  return { box, agent, uri, pubPem, sign, audited, cli: (args) => cliOk(t, box, args) };
+}
+
+t.test('through a real agent: repeated signatures verify and are audited once each; deleted and replaced keys are not used', async (t) => {
+  const { opensslOk } = await import('./lib/env.mjs');
+  const { box, uri, pubPem, audited, cli, ...w } = await agentWithKey(t, 'g', 'ec-p256');
+  const sign = (msg) =>
+    w.sign([
+      { tag: Tag.ALGORITHM, value: 'ecdsa' },
+      { tag: Tag.DIGEST, value: 'sha256' },
+      { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
+    ]);
   await sign('first');
   await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
   const sigs = [];
@@ -221,33 +230,24 @@ t.test('through a real agent: repeated signatures verify and are audited once ea
     lines.every((r) => r.pid === process.pid && r.uid === process.getuid() && r.uri === uri && r.outcome === 'ok'),
     'naming this process as the peer',
   );
-  cliOk(t, box, ['keys', 'delete', uri]);
+  cli(['keys', 'delete', uri]);
   await t.rejects(sign('after delete'), { codeName: 'NOT_FOUND' }, 'deleted through the agent: refused');
-  cliOk(t, box, ['keys', 'create', 'g', '--keyring', 'local', '--type', 'ec-p256']);
-  const newPub = cliOk(t, box, ['keys', 'export', uri]);
+  cli(['keys', 'create', 'g', '--keyring', 'local', '--type', 'ec-p256']);
+  const newPub = cli(['keys', 'export', uri]);
   const s = await sign('after replace');
   t.ok(crypto.verify('sha256', Buffer.from('after replace'), newPub, s), 'replaced: the new key signs');
   t.notOk(crypto.verify('sha256', Buffer.from('after replace'), pubPem, s), 'not the old one');
 });
 
 t.test('through a real agent: Ed25519 signatures after the first are made by the serving threads, of any length', async (t) => {
-  const { sandbox, cliOk, startAgent, opensslOk } = await import('./lib/env.mjs');
-  const { AgentClient } = await import('../dist/agent/client.js');
+  const { opensslOk } = await import('./lib/env.mjs');
   const { runTimes, since, formatRunTimes } = await import('./lib/proc.mjs');
-  const box = sandbox(t);
-  const agent = await startAgent(t, box);
-  const uri = cliOk(t, box, ['keys', 'create', 'ed', '--keyring', 'local', '--type', 'ed25519']).trim();
-  const pubPem = cliOk(t, box, ['keys', 'export', uri]);
-  const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
-  t.teardown(() => client.close());
+  const { box, agent, uri, pubPem, audited, cli, ...w } = await agentWithKey(t, 'ed', 'ed25519');
   const sign = (msg) =>
-    client
-      .request(MsgType.SIGN, [
-        { tag: Tag.URI, value: uri },
-        { tag: Tag.ALGORITHM, value: 'ed25519' },
-        { tag: Tag.DATA, value: msg },
-      ])
-      .then((f) => f.requireBytes(Tag.RESULT));
+    w.sign([
+      { tag: Tag.ALGORITHM, value: 'ed25519' },
+      { tag: Tag.DATA, value: msg },
+    ]);
   const first = await sign(Buffer.from('first'));
   t.ok(crypto.verify(null, Buffer.from('first'), pubPem, first), 'the KeyService signs the first');
   await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
@@ -265,17 +265,12 @@ t.test('through a real agent: Ed25519 signatures after the first are made by the
   fs.writeFileSync(box.file('ed.msg'), msgs[199]);
   fs.writeFileSync(box.file('ed.sig'), sigs[199]);
   opensslOk(t, ['pkeyutl', '-verify', '-pubin', '-inkey', box.file('ed.pub'), '-rawin', '-in', box.file('ed.msg'), '-sigfile', box.file('ed.sig')]);
-  const lines = fs
-    .readFileSync(box.file('audit.log'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l))
-    .filter((r) => r.op === 'sign');
+  const lines = audited();
   t.equal(lines.length, 201, 'one audit line each');
   t.ok(
     lines.every((r) => r.alg === 'ed25519' && r.uid === process.getuid() && r.outcome === 'ok' && !('digest' in r)),
     'all alike, whoever made them',
   );
-  cliOk(t, box, ['keys', 'delete', uri]);
+  cli(['keys', 'delete', uri]);
   await t.rejects(sign(Buffer.from('after delete')), { codeName: 'NOT_FOUND' }, 'deleted: refused');
 });
