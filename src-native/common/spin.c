@@ -1,8 +1,10 @@
 #include "spin.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,14 +49,27 @@ static bool core_free(void)
     return answer;
 }
 
+static long long max_ns = KB_SPIN_MAX_NS;
+static pthread_once_t max_once = PTHREAD_ONCE_INIT;
+
+static void read_max(void)
+{
+    const char *v = getenv("KMSBRIDGE_POLL_US");
+    char *end = NULL;
+    long long us = v != NULL && *v != '\0' ? strtoll(v, &end, 10) : -1;
+    if (end != NULL && *end == '\0' && us >= 0 && us <= 1000000)
+        max_ns = us * 1000;
+}
+
 long long kb_spin_budget(struct kb_spin *s)
 {
+    pthread_once(&max_once, read_max);
     long long average =
         atomic_load_explicit(&s->average_ns, memory_order_relaxed);
-    if (average >= KB_SPIN_LIMIT_NS || !core_free())
+    if (max_ns == 0 || average >= KB_SPIN_LIMIT_NS || !core_free())
         return 0;
     long long budget = 2 * average + 5000;
-    return budget < KB_SPIN_MAX_NS ? budget : KB_SPIN_MAX_NS;
+    return budget < max_ns ? budget : max_ns;
 }
 
 void kb_spin_record(struct kb_spin *s, long long took_ns)

@@ -11,6 +11,10 @@
  * before. Only while a core is free: when every core is taken, polling would
  * take one from the work the answer waits for. Slow answers (RSA, a slow key
  * manager) turn polling off by themselves, since they raise the average.
+ *
+ * KMSBRIDGE_POLL_US sets the longest poll in microseconds (default 200; 0:
+ * never poll), for machines where an idle core is not free: a container
+ * with a CPU quota, a host billed by CPU time.
  */
 #ifndef KB_SPIN_H
 #define KB_SPIN_H
@@ -18,7 +22,7 @@
 #include <stdatomic.h>
 
 #define KB_SPIN_LIMIT_NS 150000 /* answers slower on average: sleep at once */
-#define KB_SPIN_MAX_NS 200000   /* the longest a waiter polls */
+#define KB_SPIN_MAX_NS 200000   /* the longest a waiter polls, by default */
 
 struct kb_spin {
     atomic_llong average_ns; /* of the time to an answer; 0 at first */
