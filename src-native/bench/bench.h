@@ -27,7 +27,8 @@ void lat_print_json(struct lat *l);
 void lat_free(struct lat *l);
 
 /* Prints a message to stderr and exits 2. */
-void bench_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void bench_die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 /* Same, with OpenSSL's error queue appended. */
 void bench_die_ssl(const char *what) __attribute__((noreturn));
 

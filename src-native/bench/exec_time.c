@@ -43,8 +43,10 @@ int mode_exec(int argc, char **argv)
             bench_die("waitpid failed");
         uint64_t dt = bench_now_ns() - t0;
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-            bench_die("%s exited with status %d on run %d (set KBBENCH_EXEC_STDERR=1 to see why)", cmd[0],
-                      WIFEXITED(status) ? WEXITSTATUS(status) : -1, n + 1);
+            bench_die("%s exited with status %d on run %d (set "
+                      "KBBENCH_EXEC_STDERR=1 to see why)",
+                      cmd[0], WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                      n + 1);
         lat_add(&lat, dt);
     }
     printf("{\"mode\":\"exec\",\"count\":%d,", count);

@@ -7,13 +7,12 @@
  *       EVP_PKEY_sign (EVP_DigestSign for Ed25519) in N threads for S
  *       seconds on a key loaded through OSSL_STORE, or through the ENGINE's
  *       load_privkey when --engine is given.
- *   kbbench tls   --port P [--host H] [--tls 1.2|1.3] [--threads N] [--seconds S]
- *       full TLS handshakes (no resumption, no CA store loaded, peer not
- *       verified: the figure is the server's cost) from N threads.
- *   kbbench exec  --count N -- COMMAND ARGS...
- *       wall time of N sequential runs of a command, process start included.
- *   kbbench ping  --socket PATH --count N
- *       no-op (PING) round trips through the agent channel (channel_agent.c).
+ *   kbbench tls   --port P [--host H] [--tls 1.2|1.3] [--threads N] [--seconds
+ * S] full TLS handshakes (no resumption, no CA store loaded, peer not verified:
+ * the figure is the server's cost) from N threads. kbbench exec  --count N --
+ * COMMAND ARGS... wall time of N sequential runs of a command, process start
+ * included. kbbench ping  --socket PATH --count N no-op (PING) round trips
+ * through the agent channel (channel_agent.c).
  */
 /* the ENGINE API is deprecated in OpenSSL 3; variants (c) and (f) measure it */
 #define OPENSSL_SUPPRESS_DEPRECATED
@@ -112,7 +111,8 @@ void bench_die_ssl(const char *what)
     exit(2);
 }
 
-/* ---- sign ----------------------------------------------------------------- */
+/* ---- sign -----------------------------------------------------------------
+ */
 
 struct sign_job {
     EVP_PKEY *pkey;
@@ -130,39 +130,48 @@ struct sign_thread {
     int failed;
 };
 
-static const unsigned char tbs[64] = "kmsbridge benchmark: the same 64 bytes are signed every time.";
+static const unsigned char tbs[64] =
+    "kmsbridge benchmark: the same 64 bytes are signed every time.";
 
 /* One signature; returns its length or 0. */
-static size_t sign_once(const struct sign_job *job, unsigned char *sig, size_t cap)
+static size_t sign_once(const struct sign_job *job, unsigned char *sig,
+                        size_t cap)
 {
     size_t len = cap;
     if (job->eddsa) {
         EVP_MD_CTX *m = EVP_MD_CTX_new();
-        int ok = m != NULL && EVP_DigestSignInit(m, NULL, NULL, NULL, job->pkey) == 1 &&
+        int ok = m != NULL &&
+                 EVP_DigestSignInit(m, NULL, NULL, NULL, job->pkey) == 1 &&
                  EVP_DigestSign(m, sig, &len, tbs, 32) == 1;
         EVP_MD_CTX_free(m);
         return ok ? len : 0;
     }
     EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(job->pkey, NULL);
-    int ok = c != NULL && EVP_PKEY_sign_init(c) == 1 && EVP_PKEY_CTX_set_signature_md(c, job->md) == 1 &&
-             EVP_PKEY_sign(c, sig, &len, tbs, (size_t)EVP_MD_get_size(job->md)) == 1;
+    int ok =
+        c != NULL && EVP_PKEY_sign_init(c) == 1 &&
+        EVP_PKEY_CTX_set_signature_md(c, job->md) == 1 &&
+        EVP_PKEY_sign(c, sig, &len, tbs, (size_t)EVP_MD_get_size(job->md)) == 1;
     EVP_PKEY_CTX_free(c);
     return ok ? len : 0;
 }
 
-static int verify_once(const struct sign_job *job, const unsigned char *sig, size_t len)
+static int verify_once(const struct sign_job *job, const unsigned char *sig,
+                       size_t len)
 {
     int ok;
     if (job->eddsa) {
         EVP_MD_CTX *m = EVP_MD_CTX_new();
-        ok = m != NULL && EVP_DigestVerifyInit(m, NULL, NULL, NULL, job->pkey) == 1 &&
+        ok = m != NULL &&
+             EVP_DigestVerifyInit(m, NULL, NULL, NULL, job->pkey) == 1 &&
              EVP_DigestVerify(m, sig, len, tbs, 32) == 1;
         EVP_MD_CTX_free(m);
         return ok;
     }
     EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(job->pkey, NULL);
-    ok = c != NULL && EVP_PKEY_verify_init(c) == 1 && EVP_PKEY_CTX_set_signature_md(c, job->md) == 1 &&
-         EVP_PKEY_verify(c, sig, len, tbs, (size_t)EVP_MD_get_size(job->md)) == 1;
+    ok = c != NULL && EVP_PKEY_verify_init(c) == 1 &&
+         EVP_PKEY_CTX_set_signature_md(c, job->md) == 1 &&
+         EVP_PKEY_verify(c, sig, len, tbs, (size_t)EVP_MD_get_size(job->md)) ==
+             1;
     EVP_PKEY_CTX_free(c);
     return ok;
 }
@@ -209,7 +218,8 @@ static EVP_PKEY *load_store_key(const char *uri)
     return pkey;
 }
 
-static EVP_PKEY *load_engine_key(const char *engine, char **ctrls, int nctrls, const char *key)
+static EVP_PKEY *load_engine_key(const char *engine, char **ctrls, int nctrls,
+                                 const char *key)
 {
     ENGINE *e;
     ENGINE_load_builtin_engines();
@@ -225,7 +235,8 @@ static EVP_PKEY *load_engine_key(const char *engine, char **ctrls, int nctrls, c
         char *colon = strchr(ctrls[i], ':');
         if (colon != NULL)
             *colon = '\0';
-        if (!ENGINE_ctrl_cmd_string(e, ctrls[i], colon != NULL ? colon + 1 : NULL, 0))
+        if (!ENGINE_ctrl_cmd_string(e, ctrls[i],
+                                    colon != NULL ? colon + 1 : NULL, 0))
             bench_die_ssl("engine control failed");
     }
     if (!ENGINE_init(e))
@@ -268,11 +279,14 @@ int mode_sign(int argc, char **argv)
             bench_die("sign: unknown option %s", a);
         }
     }
-    if (key == NULL || threads < 1 || threads > 256 || seconds <= 0 || seconds > 600)
-        bench_die("sign: --key is required; --threads 1..256, --seconds up to 600");
+    if (key == NULL || threads < 1 || threads > 256 || seconds <= 0 ||
+        seconds > 600)
+        bench_die(
+            "sign: --key is required; --threads 1..256, --seconds up to 600");
 
     struct sign_job job = {0};
-    job.pkey = engine != NULL ? load_engine_key(engine, ctrls, nctrls, key) : load_store_key(key);
+    job.pkey = engine != NULL ? load_engine_key(engine, ctrls, nctrls, key)
+                              : load_store_key(key);
     job.eddsa = EVP_PKEY_is_a(job.pkey, "ED25519");
     job.md = EVP_PKEY_get_bits(job.pkey) == 384 ? EVP_sha384() : EVP_sha256();
 
@@ -295,7 +309,8 @@ int mode_sign(int argc, char **argv)
     }
     pthread_barrier_wait(&job.start);
     uint64_t t0 = bench_now_ns();
-    struct timespec nap = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    struct timespec nap = {(time_t)seconds,
+                           (long)((seconds - (double)(time_t)seconds) * 1e9)};
     nanosleep(&nap, NULL);
     job.stop = 1;
     unsigned long long ops = 0;
@@ -311,8 +326,9 @@ int mode_sign(int argc, char **argv)
     double elapsed = (double)(bench_now_ns() - t0) / 1e9;
     if (failed)
         bench_die_ssl("a signature failed during the run");
-    printf("{\"mode\":\"sign\",\"threads\":%d,\"ops\":%llu,\"seconds\":%.4f,\"opsPerSec\":%.2f,", threads, ops, elapsed,
-           (double)ops / elapsed);
+    printf("{\"mode\":\"sign\",\"threads\":%d,\"ops\":%llu,\"seconds\":%.4f,"
+           "\"opsPerSec\":%.2f,",
+           threads, ops, elapsed, (double)ops / elapsed);
     lat_print_json(&all);
     printf("}\n");
     lat_free(&all);
@@ -325,7 +341,8 @@ int mode_sign(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        bench_die("usage: kbbench sign|tls|exec|ping [options] (see kbbench.c)");
+        bench_die(
+            "usage: kbbench sign|tls|exec|ping [options] (see kbbench.c)");
     if (strcmp(argv[1], "sign") == 0)
         return mode_sign(argc - 2, argv + 2);
     if (strcmp(argv[1], "tls") == 0)

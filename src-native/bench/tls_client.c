@@ -105,8 +105,10 @@ int mode_tls(int argc, char **argv)
         else
             bench_die("tls: unknown option %s", a);
     }
-    if (port <= 0 || port > 65535 || threads < 1 || threads > 256 || seconds <= 0 || seconds > 600)
-        bench_die("tls: --port is required; --threads 1..256, --seconds up to 600");
+    if (port <= 0 || port > 65535 || threads < 1 || threads > 256 ||
+        seconds <= 0 || seconds > 600)
+        bench_die(
+            "tls: --port is required; --threads 1..256, --seconds up to 600");
 
     struct tls_job job = {0};
     job.addr.sin_family = AF_INET;
@@ -136,7 +138,8 @@ int mode_tls(int argc, char **argv)
     }
     pthread_barrier_wait(&job.start);
     uint64_t t0 = bench_now_ns();
-    struct timespec nap = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    struct timespec nap = {(time_t)seconds,
+                           (long)((seconds - (double)(time_t)seconds) * 1e9)};
     nanosleep(&nap, NULL);
     job.stop = 1;
     unsigned long long ok = 0, failed = 0;
@@ -149,7 +152,8 @@ int mode_tls(int argc, char **argv)
         lat_free(&ts[i].lat);
     }
     double elapsed = (double)(bench_now_ns() - t0) / 1e9;
-    printf("{\"mode\":\"tls\",\"threads\":%d,\"handshakes\":%llu,\"failed\":%llu,\"seconds\":%.4f,"
+    printf("{\"mode\":\"tls\",\"threads\":%d,\"handshakes\":%llu,\"failed\":%"
+           "llu,\"seconds\":%.4f,"
            "\"perSec\":%.2f,",
            threads, ok, failed, elapsed, (double)ok / elapsed);
     lat_print_json(&all);

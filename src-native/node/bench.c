@@ -29,11 +29,15 @@ static napi_value channel_ping(napi_env env, napi_callback_info info)
     uint32_t count = 0;
     void *data = NULL;
 
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-        napi_get_value_uint32(env, argv[0], &count) != napi_ok || count == 0 || count > MAX_PINGS)
-        return addon_throw(env, "ERR_INVALID_ARG", "channelPing(count): count from 1 to 1000000");
-    if (napi_create_arraybuffer(env, count * sizeof(double), &data, &buffer) != napi_ok ||
-        napi_create_typedarray(env, napi_float64_array, count, buffer, 0, &result) != napi_ok)
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || napi_get_value_uint32(env, argv[0], &count) != napi_ok ||
+        count == 0 || count > MAX_PINGS)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "channelPing(count): count from 1 to 1000000");
+    if (napi_create_arraybuffer(env, count * sizeof(double), &data, &buffer) !=
+            napi_ok ||
+        napi_create_typedarray(env, napi_float64_array, count, buffer, 0,
+                               &result) != napi_ok)
         return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
 
     struct kb_channel *ch = bridge_channel(0);
@@ -61,7 +65,8 @@ static napi_value channel_ping(napi_env env, napi_callback_info info)
 napi_status bench_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
-        {"channelPing", NULL, channel_ping, NULL, NULL, NULL, napi_default, NULL},
+        {"channelPing", NULL, channel_ping, NULL, NULL, NULL, napi_default,
+         NULL},
     };
     return napi_define_properties(env, exports, 1, props);
 }
