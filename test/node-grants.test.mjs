@@ -17,6 +17,11 @@ Object.assign(process.env, { KMSBRIDGE_CONFIG: box.config, KMSBRIDGE_AGENT_SOCK:
 const create = (name, type) => cliOk(t, box, ['keys', 'create', name, '--keyring', 'local', '--type', type]).trim();
 const publicKey = (uri) => crypto.createPublicKey(cliOk(t, box, ['keys', 'export', uri]));
 const auditLines = () => (fs.existsSync(box.file('audit.log')) ? fs.readFileSync(box.file('audit.log'), 'utf8').trim().split('\n').filter(Boolean) : []);
+/** The audit records written after the first |n| lines. */
+const auditedSince = (n) =>
+  auditLines()
+    .slice(n)
+    .map((l) => JSON.parse(l));
 
 /** Nanoseconds this process's threads have run (schedstat): the main thread, and all others. */
 function runTimes() {
@@ -61,9 +66,7 @@ t.test('approved signatures run on the calling thread: each verifies and is audi
     ),
   );
   t.ok(others < main / 5, `the worker thread was not involved (main thread ${main.toFixed(1)} ms, other threads ${others.toFixed(1)} ms)`);
-  const added = auditLines()
-    .slice(lines)
-    .map((l) => JSON.parse(l));
+  const added = auditedSince(lines);
   t.equal(added.length, 600, 'one audit line per signature');
   t.ok(
     added.every((r) => r.op === 'sign' && r.outcome === 'ok' && r.pid === process.pid && r.digest === 'sha256' && [ec, rsa].includes(r.uri)),
@@ -109,9 +112,7 @@ t.test('Ed25519 too: messages of any length, signed on the calling thread, the s
   );
   // (other threads: the worker does nothing; V8's garbage collector some)
   t.ok(others < main / 2, `the worker thread was not involved (main thread ${main.toFixed(1)} ms, other threads ${others.toFixed(1)} ms)`);
-  const added = auditLines()
-    .slice(lines)
-    .map((l) => JSON.parse(l));
+  const added = auditedSince(lines);
   t.equal(added.length, 1001, 'one audit line per signature');
   t.ok(
     added.every((r) => r.alg === 'ed25519' && r.uri === ed && r.pid === process.pid && !('digest' in r)),
