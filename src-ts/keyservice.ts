@@ -164,13 +164,8 @@ export class KeyService {
       const backend = kr.backend;
       if (!backend.grant || kr.config.injectLatencyMs > 0) return undefined;
       if (backend.type === 'pkcs11' && opts.tokenThreads < 1) return undefined;
-      // Ed25519 (the message itself, any length) only where policy sets no message limit: a local key.
-      const ed25519 = req.algorithm === 'ed25519' && backend.type === 'local';
-      if (!ed25519 && (req.digest === undefined || (req.algorithm !== 'rsa-pkcs1' && req.algorithm !== 'rsa-pss' && req.algorithm !== 'ecdsa')))
-        return undefined;
-      const desc = await this.describeRaw(uri);
-      checkSignature(kr.config, desc, req, 'sign');
-      if (ed25519 && desc.maxMessage !== undefined) return undefined;
+      if (!grantable(req, backend.type)) return undefined;
+      checkSignature(kr.config, await this.describeRaw(uri), req, 'sign');
       const g = await this.call(kr, `grant ${uri}`, (s) => backend.grant!(parsed.keyId, req, s, opts));
       return g && { ...g, keyring: kr.config.name, dataLength: req.digest ? DIGEST_SIZE[req.digest] : 0 };
     } catch {
@@ -380,6 +375,16 @@ function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | und
  * SHA-1, lengths), less the limits of the key manager's signing (Ed25519
  * message size, fixed PSS salt) which do not bind a verifier.
  */
+/**
+ * The signatures a grant can repeat: PKCS#1, PSS and ECDSA over a digest of
+ * fixed length; Ed25519 (the message itself, of any length) only with a local
+ * key, whose policy sets no message limit.
+ */
+function grantable(req: SignRequest, backendType: string): boolean {
+  if (req.algorithm === 'ed25519') return backendType === 'local';
+  return req.digest !== undefined && (req.algorithm === 'rsa-pkcs1' || req.algorithm === 'rsa-pss' || req.algorithm === 'ecdsa');
+}
+
 function checkSignature(cfg: KeyringConfig, d: KeyDescription, req: SignRequest, op: 'sign' | 'verify'): void {
   const signing = op === 'sign';
   if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
