@@ -35,7 +35,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,25 +192,6 @@ static enum io_result read_full(int fd, uint8_t *p, size_t n,
     return IO_OK;
 }
 
-/* Tries to read without sleeping for up to |spin_ns|, yielding the core
- * between tries; the result of the last recv(), or -1 with EAGAIN when
- * nothing came. */
-static ssize_t recv_spinning(int fd, uint8_t *p, size_t max, long long spin_ns)
-{
-    long long until = kb_now_ns() + spin_ns;
-    for (;;) {
-        ssize_t r = recv(fd, p, max, MSG_DONTWAIT);
-        if (r >= 0 ||
-            (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            return r;
-        if (kb_now_ns() >= until) {
-            errno = EAGAIN;
-            return -1;
-        }
-        sched_yield();
-    }
-}
-
 /*
  * Reads at least |min| and at most |max| bytes into |p|. Without |spin_ns|
  * it waits before each read: a reply is never there the moment its request
@@ -223,7 +203,7 @@ static enum io_result read_some(int fd, uint8_t *p, size_t min, size_t max,
 {
     *got = 0;
     if (spin_ns > 0) {
-        ssize_t r = recv_spinning(fd, p, max, spin_ns);
+        ssize_t r = kb_spin_recv(fd, p, max, spin_ns, NULL);
         if (r > 0)
             *got = (size_t)r;
         else if (r == 0)

@@ -1,10 +1,13 @@
 #include "spin.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -80,4 +83,21 @@ void kb_spin_record(struct kb_spin *s, long long took_ns)
         atomic_load_explicit(&s->average_ns, memory_order_relaxed);
     atomic_store_explicit(&s->average_ns, average + (took_ns - average) / 8,
                           memory_order_relaxed);
+}
+
+ssize_t kb_spin_recv(int fd, void *buf, size_t len, long long budget_ns,
+                     const atomic_bool *stop)
+{
+    long long until = kb_now_ns() + budget_ns;
+    for (;;) {
+        ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+        if (n >= 0 ||
+            (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return n;
+        if (kb_now_ns() >= until || (stop != NULL && atomic_load(stop))) {
+            errno = EAGAIN;
+            return -1;
+        }
+        sched_yield();
+    }
 }

@@ -20,6 +20,8 @@
 #define KB_SPIN_H
 
 #include <stdatomic.h>
+#include <stddef.h>
+#include <sys/types.h>
 
 #define KB_SPIN_LIMIT_NS 150000 /* answers slower on average: sleep at once */
 #define KB_SPIN_MAX_NS 200000   /* the longest a waiter polls, by default */
@@ -35,5 +37,11 @@ long long kb_spin_budget(struct kb_spin *s);
 
 /* Records how long a wait took, from the request to the answer. */
 void kb_spin_record(struct kb_spin *s, long long took_ns);
+
+/* Reads socket |fd| without sleeping for up to |budget_ns|, yielding the
+ * core between tries, and sooner once *|stop| (if given) is set: recv()'s
+ * result, or -1 with EAGAIN when nothing came. */
+ssize_t kb_spin_recv(int fd, void *buf, size_t len, long long budget_ns,
+                     const atomic_bool *stop);
 
 #endif

@@ -56,7 +56,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -513,16 +512,7 @@ static bool poll_next_request(struct server *s, struct conn *c, uint8_t *chunk)
         c->watching_out = false;
     }
     pthread_mutex_unlock(&c->mu);
-    long long now = kb_now_ns(), until = now + budget;
-    ssize_t n = -1;
-    while (now < until && !atomic_load(&s->stopping)) {
-        n = read(c->fd, chunk, READ_CHUNK);
-        if (n >= 0 ||
-            (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            break;
-        sched_yield();
-        now = kb_now_ns();
-    }
+    ssize_t n = kb_spin_recv(c->fd, chunk, READ_CHUNK, budget, &s->stopping);
     int error = errno;
     atomic_fetch_sub(&s->polling, 1);
     bool came = n > 0 && reserve(&c->in, &c->in_cap, c->in_len + (size_t)n);
