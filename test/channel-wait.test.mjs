@@ -18,6 +18,18 @@ import { spawnSync } from 'node:child_process';
 import { sandbox, cliOk, startAgent, opensslOk, ROOT } from './lib/env.mjs';
 import { formatRunTimes } from './lib/proc.mjs';
 
+/**
+ * Runs |source| as a Node program in |box| with |args|; asserts that it
+ * ran and returns the JSON it printed last.
+ */
+function runProgram(t, box, name, source, args, env = {}) {
+  const script = box.file(name);
+  fs.writeFileSync(script, source);
+  const r = spawnSync(process.execPath, [script, ...args.map(String)], { env: { ...box.env, ...env }, encoding: 'utf8', timeout: 120_000 });
+  t.equal(r.status, 0, `${name} ran: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
 const LATENCY_MS = 40;
 const ROUNDS = 10;
 const PAUSE_MS = 5;
@@ -57,11 +69,7 @@ t.test('a caller waiting for a slow key manager sleeps, right after fast replies
   const fastUri = cliOk(t, box, ['keys', 'create', 'fast', '--keyring', 'local', '--type', 'ec-p256']).trim();
   const slowUri = cliOk(t, box, ['keys', 'create', 'slow', '--keyring', 'slow', '--type', 'ec-p256']).trim();
   const pub = { fast: cliOk(t, box, ['keys', 'export', fastUri]), slow: cliOk(t, box, ['keys', 'export', slowUri]) };
-  const script = box.file('client.mjs');
-  fs.writeFileSync(script, CLIENT);
-  const r = spawnSync(process.execPath, [script, box.socket, fastUri, slowUri, String(ROUNDS)], { env: box.env, encoding: 'utf8', timeout: 120_000 });
-  t.equal(r.status, 0, `the client ran: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
-  const out = JSON.parse(r.stdout.trim().split('\n').pop());
+  const out = runProgram(t, box, 'client.mjs', CLIENT, [box.socket, fastUri, slowUri, ROUNDS]);
   for (const kind of ['fast', 'slow']) {
     const bad = out[kind].filter(([msg, sig]) => !crypto.verify('sha256', Buffer.from(msg), pub[kind], Buffer.from(sig, 'base64')));
     t.equal(bad.length, 0, `all ${out[kind].length} ${kind} signatures verify`);
@@ -108,15 +116,7 @@ t.test('the agent polls for a quick peer, and stops when the peer slows down', a
   const agent = await startAgent(t, box);
   const uri = cliOk(t, box, ['keys', 'create', 'loop', '--keyring', 'local', '--type', 'ec-p256']).trim();
   const pub = cliOk(t, box, ['keys', 'export', uri]);
-  const script = box.file('peer.mjs');
-  fs.writeFileSync(script, PEER);
-  const r = spawnSync(process.execPath, [script, box.socket, uri, String(agent.child.pid), String(PAUSE_MS), String(PAUSED)], {
-    env: box.env,
-    encoding: 'utf8',
-    timeout: 120_000,
-  });
-  t.equal(r.status, 0, `the peer ran: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
-  const out = JSON.parse(r.stdout.trim().split('\n').pop());
+  const out = runProgram(t, box, 'peer.mjs', PEER, [box.socket, uri, agent.child.pid, PAUSE_MS, PAUSED]);
   const bad = out.sigs.filter(([msg, sig]) => !crypto.verify('sha256', Buffer.from(msg), pub, Buffer.from(sig, 'base64')));
   t.equal(bad.length, 0, `all ${out.sigs.length} signatures verify`);
   const [msg, sig] = out.sigs.at(-1);
@@ -157,15 +157,7 @@ t.test('KMSBRIDGE_POLL_US=0: the caller and the agent sleep for every answer', a
   const off = { KMSBRIDGE_POLL_US: '0' };
   const agent = await startAgent(t, box, { env: off });
   const uri = cliOk(t, box, ['keys', 'create', 'nopoll', '--keyring', 'local', '--type', 'ec-p256']).trim();
-  const script = box.file('switches.mjs');
-  fs.writeFileSync(script, SWITCHES);
-  const r = spawnSync(process.execPath, [script, box.socket, uri, String(agent.child.pid)], {
-    env: { ...box.env, ...off },
-    encoding: 'utf8',
-    timeout: 120_000,
-  });
-  t.equal(r.status, 0, `the peer ran: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
-  const n = JSON.parse(r.stdout.trim().split('\n').pop());
+  const n = runProgram(t, box, 'switches.mjs', SWITCHES, [box.socket, uri, agent.child.pid], off);
   // Polling, on a machine with a core free, both stay far below one each (4
   // and 38 here). The agent's threads have nothing to read until they have
   // answered, so without polling each sleeps once per request; the caller
