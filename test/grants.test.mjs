@@ -178,6 +178,97 @@ t.test('revoked grants answer nothing', async (t) => {
   t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
 });
 
+t.test(
+  'a grant signs again and again on the contexts it keeps: every ECDSA and RSA-PSS signature is new, PKCS#1 v1.5 stays deterministic, from four threads at once',
+  async (t) => {
+    const { Worker } = await import('node:worker_threads');
+    const grant = (uri, algorithm, pair, extra = {}) =>
+      addon.grantSign({
+        uri,
+        keyring: 'reuse',
+        algorithm,
+        digest: 'sha256',
+        dataLength: 32,
+        key: handle(pair),
+        ...keyFile(`${algorithm}.key`),
+        auditFd: -1,
+        ...extra,
+      });
+    grant('kms:reuse/ec', 'ecdsa', ec);
+    grant('kms:reuse/pss', 'rsa-pss', rsa, { saltLength: 32 });
+    grant('kms:reuse/pkcs1', 'rsa-pkcs1', rsa);
+    t.teardown(() => addon.revokeKeyringGrants('reuse'));
+    const pss = [{ tag: Tag.SALT_LENGTH, value: 32 }];
+    const sigOf = (uri, alg, extra = []) => result(addon.signGranted(signFrame(uri, alg, 'sha256', digest, extra), 1, 1)).sig.toString('base64');
+
+    const ecSigs = Array.from({ length: 100 }, () => sigOf('kms:reuse/ec', 'ecdsa'));
+    t.equal(new Set(ecSigs).size, 100, '100 ECDSA signatures of one digest: 100 different ones (a fresh nonce each)');
+    t.ok(
+      ecSigs.every((s) => crypto.verify('sha256', Buffer.from('granted'), ec.publicKey, Buffer.from(s, 'base64'))),
+      'each verifies',
+    );
+    const pssSigs = Array.from({ length: 20 }, () => sigOf('kms:reuse/pss', 'rsa-pss', pss));
+    t.equal(new Set(pssSigs).size, 20, '20 RSA-PSS signatures: 20 different salts');
+    const pssKey = { key: rsa.publicKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 };
+    t.ok(
+      pssSigs.every((s) => crypto.verify('sha256', Buffer.from('granted'), pssKey, Buffer.from(s, 'base64'))),
+      'each verifies',
+    );
+    const expected = crypto.sign('sha256', Buffer.from('granted'), rsa.privateKey).toString('base64');
+    t.same(
+      Array.from({ length: 5 }, () => sigOf('kms:reuse/pkcs1', 'rsa-pkcs1')),
+      Array(5).fill(expected),
+      "PKCS#1 v1.5 signatures equal node:crypto's, every time",
+    );
+
+    // The table is the process's: worker threads share it, as the agent's serving threads do.
+    const script = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.native).then(async ({ native }) => {
+      const { encodeFrame, decodeFrame, MsgType, Tag } = await import(workerData.codec);
+      const addon = native();
+      const frame = encodeFrame({ id: 1, type: MsgType.SIGN, status: 0, fields: [
+        { tag: Tag.URI, value: 'kms:reuse/ec' }, { tag: Tag.ALGORITHM, value: 'ecdsa' },
+        { tag: Tag.DIGEST, value: 'sha256' }, { tag: Tag.DATA, value: Buffer.from(workerData.digest, 'hex') }] });
+      // all four start together
+      const ready = new Int32Array(workerData.ready);
+      Atomics.add(ready, 0, 1);
+      while (Atomics.load(ready, 0) < 4) Atomics.wait(ready, 0, Atomics.load(ready, 0), 10);
+      const sigs = [];
+      for (let i = 0; i < 2000; i++) {
+        const reply = addon.signGranted(frame, 1, 1);
+        sigs.push(reply ? decodeFrame(reply).fields.find((f) => f.tag === Tag.RESULT).value.toString('base64') : null);
+      }
+      parentPort.postMessage(sigs);
+    });`;
+    const workerData = {
+      native: new URL('../dist/native.js', import.meta.url).href,
+      codec: new URL('../dist/wire/codec.js', import.meta.url).href,
+      digest: digest.toString('hex'),
+      ready: new SharedArrayBuffer(4),
+    };
+    const runs = await Promise.all(
+      Array.from(
+        { length: 4 },
+        () =>
+          new Promise((resolve, reject) => {
+            const w = new Worker(script, { eval: true, workerData });
+            const timer = setTimeout(() => (w.terminate(), reject(new Error('a signing thread did not finish in 60 s'))), 60_000);
+            w.once('message', (m) => (clearTimeout(timer), resolve(m)));
+            w.once('error', (e) => (clearTimeout(timer), reject(e)));
+          }),
+      ),
+    );
+    const all = runs.flat();
+    t.notOk(all.includes(null), 'every signature of the four threads was granted');
+    t.equal(new Set(all).size, 8000, 'all 8,000 are different');
+    t.ok(
+      all.every((s) => crypto.verify('sha256', Buffer.from('granted'), ec.publicKey, Buffer.from(s, 'base64'))),
+      'and each verifies',
+    );
+  },
+);
+
 /**
  * A real agent with one local key of |type|, a connected client and what the
  * tests need of them: sign(fields) sends a SIGN for the key with |fields| and

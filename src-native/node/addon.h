@@ -19,15 +19,21 @@ napi_status register_register(napi_env env, napi_value exports);
  */
 napi_status bench_register(napi_env env, napi_value exports);
 
-/* local_crypto.c: a signature on the calling thread, for the bridge's fast
- * path (grants.c). |padding| is "pkcs1", "pss" or "none"; digests by our
- * names ("sha256"). Returns 1 and an OPENSSL_malloc'ed signature, or 0. */
+/* local_crypto.c: signatures of one shape with one key, on the calling
+ * thread, for the grants (grants.c). |padding| is "pkcs1", "pss" or "none";
+ * digests by our names ("sha256"). The signer holds its own reference to
+ * the key and may be used from several threads at once. */
 typedef struct evp_pkey_st EVP_PKEY;
-int local_crypto_sign(EVP_PKEY *pkey, const char *padding, const char *digest,
-                      const char *mgf1, int salt_length,
-                      const unsigned char *in, size_t in_len,
-                      unsigned char **out, size_t *out_len, char *err,
-                      size_t errlen);
+struct local_signer;
+struct local_signer *local_signer_new(EVP_PKEY *pkey, const char *padding,
+                                      const char *digest, const char *mgf1,
+                                      int salt_length, char *err,
+                                      size_t errlen);
+/* 1 and an OPENSSL_malloc'ed signature, or 0 with |err| set. */
+int local_signer_sign(struct local_signer *s, const unsigned char *in,
+                      size_t in_len, unsigned char **out, size_t *out_len,
+                      char *err, size_t errlen);
+void local_signer_free(struct local_signer *s);
 
 /* grants.c: operations the in-process KeyService approved, run by the
  * calling thread itself instead of a trip to the worker. */

@@ -71,8 +71,8 @@ struct grant {
     size_t data_len;    /* the digest's length; 0 (any) for Ed25519 */
     int64_t uid;        /* the peer it is for; -1: any caller in this process */
     /* GRANT_LOCAL */
-    EVP_PKEY *pkey; /* one reference */
-    char *file;     /* the key file and its identity when it was read */
+    struct local_signer *signer;
+    char *file; /* the key file and its identity when it was read */
     uint64_t ino;
     double mtime_ms;
     int64_t size;
@@ -102,7 +102,7 @@ static void grant_free(struct grant *g)
     free(g->uri);
     free(g->keyring);
     free(g->file);
-    EVP_PKEY_free(g->pkey);
+    local_signer_free(g->signer);
     memset(g, 0, sizeof(*g));
 }
 
@@ -256,18 +256,21 @@ static int reply_signature(struct kb_buf *out, uint32_t id,
     return kb_frame_end(out);
 }
 
+/* The padding local_crypto.c names for a grant's algorithm. */
+static const char *padding_of(const char *algorithm)
+{
+    return strcmp(algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
+           : strcmp(algorithm, "rsa-pss") == 0 ? "pss"
+                                               : "none";
+}
+
 /* A local key: signed under the read lock (in memory, microseconds). */
 static int sign_local(const struct grant *g, const struct kb_wire_field *data,
                       unsigned char **sig, size_t *sig_len)
 {
-    if (!file_unchanged(g))
-        return 0;
-    const char *padding = strcmp(g->algorithm, "rsa-pkcs1") == 0 ? "pkcs1"
-                          : strcmp(g->algorithm, "rsa-pss") == 0 ? "pss"
-                                                                 : "none";
     char err[320];
-    return local_crypto_sign(g->pkey, padding, g->digest, g->mgf1, (int)g->salt,
-                             data->val, data->len, sig, sig_len, err,
+    return file_unchanged(g) &&
+           local_signer_sign(g->signer, data->val, data->len, sig, sig_len, err,
                              sizeof(err));
 }
 
@@ -412,23 +415,21 @@ static int get_number(napi_env env, napi_value obj, const char *name,
 
 /* The local key of a grant: the loaded key and its file's identity. */
 static int get_local(napi_env env, napi_value obj, struct grant *g, char *file,
-                     size_t file_size)
+                     size_t file_size, EVP_PKEY **pkey)
 {
     napi_value v;
     double ino, size;
-    EVP_PKEY *pkey = NULL;
     if (!get_string(env, obj, "file", file, file_size, 1) ||
         !get_number(env, obj, "ino", &ino, 1) ||
         !get_number(env, obj, "mtimeMs", &g->mtime_ms, 1) ||
         !get_number(env, obj, "size", &size, 1) ||
         napi_get_named_property(env, obj, "key", &v) != napi_ok ||
-        napi_get_value_external(env, v, (void **)&pkey) != napi_ok ||
-        pkey == NULL)
+        napi_get_value_external(env, v, (void **)pkey) != napi_ok ||
+        *pkey == NULL)
         return 0;
     g->kind = GRANT_LOCAL;
     g->ino = (uint64_t)ino;
     g->size = (int64_t)size;
-    g->pkey = pkey; /* referenced when the grant is stored */
     return 1;
 }
 
@@ -458,6 +459,7 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
     napi_value argv[1], p11;
     napi_valuetype p11_type = napi_undefined;
     struct grant g = {0};
+    EVP_PKEY *pkey = NULL;
     char uri[KB_WIRE_MAX_STRING + 1], keyring[256], file[4096] = "";
     char err[256] = "";
     double salt, data_len, fd, uid;
@@ -498,13 +500,18 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
                                    ? err
                                    : "pkcs11: { module, slot, object, "
                                      "maxInside }");
-    } else if (!get_local(env, argv[0], &g, file, sizeof(file))) {
+    } else if (!get_local(env, argv[0], &g, file, sizeof(file), &pkey)) {
         return addon_throw(env, "ERR_INVALID_ARG",
                            "a local grant needs key, file, ino, mtimeMs, size");
     }
     g.salt = (int64_t)salt;
     g.data_len = (size_t)data_len;
     g.uid = (int64_t)uid; /* absent: -1, any caller */
+    if (g.kind == GRANT_LOCAL &&
+        (g.signer = local_signer_new(pkey, padding_of(g.algorithm), g.digest,
+                                     g.mgf1, (int)g.salt, err, sizeof(err))) ==
+            NULL)
+        return addon_throw(env, "ERR_INVALID_ARG", err);
 
     pthread_rwlock_wrlock(&lock);
     audit_fd = (int)fd;
@@ -525,12 +532,11 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
         if (g.kind == GRANT_PKCS11)
             stored = 1;
         else
-            stored = (g.file = strdup(file)) != NULL && EVP_PKEY_up_ref(g.pkey);
+            stored = (g.file = strdup(file)) != NULL;
     }
     if (stored) {
         grants[ngrants++] = g;
     } else {
-        g.pkey = NULL; /* not referenced */
         grant_free(&g);
     }
     atomic_store(&ngrants_hint, ngrants);

@@ -24,6 +24,7 @@
  * verify of an Ed25519 key takes the whole message (no digest). A signature
  * that does not verify, malformed ones included, is false, not an error.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -258,39 +259,21 @@ done:
     return ok;
 }
 
-/* Ed25519 has no EVP_PKEY_verify: a one-shot DigestVerify over the message. */
-static void verify_ed25519(struct job *job)
-{
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (md == NULL || EVP_DigestVerifyInit_ex(md, NULL, NULL, NULL, NULL,
-                                              job->pkey, NULL) <= 0)
-        set_error(job, "verify init failed");
-    else
-        job->verified = EVP_DigestVerify(md, job->sig, job->sig_len, job->in,
-                                         job->in_len) == 1;
-    EVP_MD_CTX_free(md);
-    ERR_clear_error();
-}
+/* An initialized context for a job's operation. Ed25519 has neither
+ * EVP_PKEY_sign nor EVP_PKEY_verify: it signs and verifies the message
+ * one-shot through an EVP_MD_CTX. Everything else goes through an
+ * EVP_PKEY_CTX with its padding and digests set. */
+struct prepared {
+    EVP_MD_CTX *md;    /* Ed25519 */
+    EVP_PKEY_CTX *ctx; /* the others */
+};
 
-/* Nor EVP_PKEY_sign: a one-shot DigestSign over the message. */
-static void sign_ed25519(struct job *job)
+static void prepared_free(struct prepared *p)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    size_t len = 0;
-    if (md == NULL ||
-        EVP_DigestSignInit_ex(md, NULL, NULL, NULL, NULL, job->pkey, NULL) <=
-            0 ||
-        EVP_DigestSign(md, NULL, &len, job->in, job->in_len) <= 0 ||
-        (job->out = OPENSSL_malloc(len)) == NULL ||
-        EVP_DigestSign(md, job->out, &len, job->in, job->in_len) <= 0) {
-        OPENSSL_free(job->out);
-        job->out = NULL;
-        set_error(job, "sign failed");
-    } else {
-        job->out_len = len;
-    }
-    EVP_MD_CTX_free(md);
-    ERR_clear_error();
+    EVP_MD_CTX_free(p->md); /* owns its EVP_PKEY_CTX */
+    EVP_PKEY_CTX_free(p->ctx);
+    p->md = NULL;
+    p->ctx = NULL;
 }
 
 static int op_init(struct job *job, EVP_PKEY_CTX *ctx)
@@ -308,100 +291,233 @@ static int op_init(struct job *job, EVP_PKEY_CTX *ctx)
     return 0;
 }
 
+/* 1 with |p| ready, or 0 with job->error set. */
+static int prepare(struct job *job, struct prepared *p)
+{
+    char what[64];
+    snprintf(what, sizeof(what), "%s init failed", op_names[job->kind]);
+    if (EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519 &&
+        (job->kind == OP_VERIFY || job->kind == OP_SIGN)) {
+        p->md = EVP_MD_CTX_new();
+        if (p->md == NULL ||
+            (job->kind == OP_SIGN
+                 ? EVP_DigestSignInit_ex(p->md, NULL, NULL, NULL, NULL,
+                                         job->pkey, NULL)
+                 : EVP_DigestVerifyInit_ex(p->md, NULL, NULL, NULL, NULL,
+                                           job->pkey, NULL)) <= 0) {
+            set_error(job, what);
+            prepared_free(p);
+            return 0;
+        }
+        return 1;
+    }
+    p->ctx = EVP_PKEY_CTX_new_from_pkey(NULL, job->pkey, NULL);
+    if (p->ctx == NULL || op_init(job, p->ctx) <= 0) {
+        set_error(job, what);
+    } else if (!set_rsa_params(job, p->ctx)) {
+        set_error(job, "parameters not accepted");
+    } else {
+        return 1;
+    }
+    prepared_free(p);
+    return 0;
+}
+
 /* sign, decrypt or encrypt: |out| NULL asks for the output size */
-static int op_run(struct job *job, EVP_PKEY_CTX *ctx, unsigned char *out,
+static int op_run(struct job *job, const struct prepared *p, unsigned char *out,
                   size_t *len)
 {
     switch (job->kind) {
     case OP_SIGN:
-        return EVP_PKEY_sign(ctx, out, len, job->in, job->in_len);
+        return p->md != NULL
+                   ? EVP_DigestSign(p->md, out, len, job->in, job->in_len)
+                   : EVP_PKEY_sign(p->ctx, out, len, job->in, job->in_len);
     case OP_DECRYPT:
-        return EVP_PKEY_decrypt(ctx, out, len, job->in, job->in_len);
+        return EVP_PKEY_decrypt(p->ctx, out, len, job->in, job->in_len);
     case OP_ENCRYPT:
-        return EVP_PKEY_encrypt(ctx, out, len, job->in, job->in_len);
+        return EVP_PKEY_encrypt(p->ctx, out, len, job->in, job->in_len);
     case OP_VERIFY:
         break;
     }
     return 0;
 }
 
-static void execute(napi_env env, void *data)
+/* Runs the job's operation on |p|: job->out or job->verified, or 0 with
+ * job->error set. */
+static int run(struct job *job, const struct prepared *p)
 {
-    (void)env;
-    struct job *job = data;
-    const char *op = op_names[job->kind];
-    char what[64];
-
-    if (EVP_PKEY_get_id(job->pkey) == EVP_PKEY_ED25519 &&
-        (job->kind == OP_VERIFY || job->kind == OP_SIGN)) {
-        if (job->kind == OP_VERIFY)
-            verify_ed25519(job);
-        else
-            sign_ed25519(job);
-        return;
-    }
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, job->pkey, NULL);
-    size_t len = 0;
-
-    if (ctx == NULL || op_init(job, ctx) <= 0) {
-        snprintf(what, sizeof(what), "%s init failed", op);
-        set_error(job, what);
-        goto done;
-    }
-    if (!set_rsa_params(job, ctx)) {
-        set_error(job, "parameters not accepted");
-        goto done;
-    }
     if (job->kind == OP_VERIFY) {
         /* 0 or less: a bad or malformed signature; either way it does not
          * verify */
-        job->verified = EVP_PKEY_verify(ctx, job->sig, job->sig_len, job->in,
-                                        job->in_len) == 1;
-        goto done;
+        job->verified =
+            (p->md != NULL ? EVP_DigestVerify(p->md, job->sig, job->sig_len,
+                                              job->in, job->in_len)
+                           : EVP_PKEY_verify(p->ctx, job->sig, job->sig_len,
+                                             job->in, job->in_len)) == 1;
+        return 1;
     }
-    snprintf(what, sizeof(what), "%s failed", op);
-    if (op_run(job, ctx, NULL, &len) <= 0) {
+    char what[64];
+    size_t len = 0;
+    snprintf(what, sizeof(what), "%s failed", op_names[job->kind]);
+    if (op_run(job, p, NULL, &len) <= 0) {
         set_error(job, what);
-        goto done;
+        return 0;
     }
     job->out = OPENSSL_malloc(len > 0 ? len : 1);
     if (job->out == NULL) {
         set_error(job, "out of memory");
-        goto done;
+        return 0;
     }
     job->out_len = len;
-    if (op_run(job, ctx, job->out, &len) <= 0) {
+    if (op_run(job, p, job->out, &len) <= 0) {
         set_error(job, what);
-        goto done;
+        return 0;
     }
     job->out_len = len;
-done:
-    EVP_PKEY_CTX_free(ctx);
+    return 1;
+}
+
+static void execute(napi_env env, void *data)
+{
+    (void)env;
+    struct job *job = data;
+    struct prepared p = {0};
+    if (prepare(job, &p))
+        run(job, &p);
+    prepared_free(&p);
     ERR_clear_error();
 }
 
-int local_crypto_sign(EVP_PKEY *pkey, const char *padding, const char *digest,
-                      const char *mgf1, int salt_length,
-                      const unsigned char *in, size_t in_len,
-                      unsigned char **out, size_t *out_len, char *err,
-                      size_t errlen)
+/* ---- prepared signers (grants.c) ------------------------------------------
+ * A grant repeats one signature shape with one key. Preparing a context
+ * (OpenSSL fetches the signature, its keymgmt and the digest by name, under
+ * locks) took about a third as long as a P-256 signature itself, so a signer
+ * keeps the contexts its callers are done with and signs on them again:
+ * OpenSSL 3.0 allows EVP_PKEY_sign, and a one-shot EVP_DigestSign, to be
+ * repeated on an initialized context. Should an OpenSSL refuse a second use
+ * (later versions may mark a one-shot context finished), the signature is
+ * made on a fresh context and the signer stops keeping them. */
+#define SIGNER_SPARE_MAX 16
+
+struct local_signer {
+    struct job shape; /* the key, padding and digests; no data */
+    pthread_mutex_t lock;
+    struct prepared spare[SIGNER_SPARE_MAX];
+    size_t nspare;
+    int keep; /* contexts can be reused */
+};
+
+struct local_signer *local_signer_new(EVP_PKEY *pkey, const char *padding,
+                                      const char *digest, const char *mgf1,
+                                      int salt_length, char *err, size_t errlen)
 {
-    struct job job = {
-        .kind = OP_SIGN, .pkey = pkey, .salt_length = salt_length};
-    *out = NULL;
-    *out_len = 0;
-    if (!parse_padding(padding, &job.padding) ||
-        (digest[0] != '\0' && openssl_digest(digest) == NULL) ||
-        (mgf1[0] != '\0' && openssl_digest(mgf1) == NULL)) {
-        snprintf(err, errlen, "unknown padding or digest");
-        return 0;
+    struct local_signer *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
-    snprintf(job.digest, sizeof(job.digest), "%s", digest);
-    snprintf(job.mgf1, sizeof(job.mgf1), "%s", mgf1);
+    s->shape.kind = OP_SIGN;
+    s->shape.salt_length = salt_length;
+    if (!parse_padding(padding, &s->shape.padding) ||
+        (digest[0] != '\0' && openssl_digest(digest) == NULL) ||
+        (mgf1[0] != '\0' && openssl_digest(mgf1) == NULL) ||
+        strlen(digest) >= sizeof(s->shape.digest) ||
+        strlen(mgf1) >= sizeof(s->shape.mgf1)) {
+        snprintf(err, errlen, "unknown padding or digest");
+        free(s);
+        return NULL;
+    }
+    strcpy(s->shape.digest, digest);
+    strcpy(s->shape.mgf1, mgf1);
+    if (!EVP_PKEY_up_ref(pkey)) {
+        snprintf(err, errlen, "out of memory");
+        free(s);
+        return NULL;
+    }
+    s->shape.pkey = pkey;
+    s->keep = 1;
+    pthread_mutex_init(&s->lock, NULL);
+    return s;
+}
+
+void local_signer_free(struct local_signer *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->nspare; i++)
+        prepared_free(&s->spare[i]);
+    EVP_PKEY_free(s->shape.pkey);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* A spare context, or 0 if none is kept. */
+static int take_spare(struct local_signer *s, struct prepared *p)
+{
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    if (s->nspare > 0) {
+        *p = s->spare[--s->nspare];
+        found = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+static void give_back(struct local_signer *s, struct prepared *p)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->keep && s->nspare < SIGNER_SPARE_MAX) {
+        s->spare[s->nspare++] = *p;
+        p->md = NULL;
+        p->ctx = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    prepared_free(p);
+}
+
+/* Stops keeping contexts: this OpenSSL does not sign twice on one. */
+static void stop_keeping(struct local_signer *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->keep = 0;
+    for (size_t i = 0; i < s->nspare; i++)
+        prepared_free(&s->spare[i]);
+    s->nspare = 0;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int local_signer_sign(struct local_signer *s, const unsigned char *in,
+                      size_t in_len, unsigned char **out, size_t *out_len,
+                      char *err, size_t errlen)
+{
+    struct job job = s->shape;
+    struct prepared p = {0};
     job.in = (unsigned char *)in; /* read only; not freed here */
     job.in_len = in_len;
-    execute(NULL, &job);
-    if (job.error[0] != '\0') {
+    *out = NULL;
+    *out_len = 0;
+
+    int reused = take_spare(s, &p);
+    int ok = (reused || prepare(&job, &p)) && run(&job, &p);
+    if (!ok && reused) {
+        /* a context that would not sign twice, or a key that no longer
+         * signs: a fresh context tells which */
+        prepared_free(&p);
+        OPENSSL_clear_free(job.out, job.out_len);
+        job.out = NULL;
+        job.out_len = 0;
+        job.error[0] = '\0';
+        ok = prepare(&job, &p) && run(&job, &p);
+        if (ok)
+            stop_keeping(s);
+    }
+    if (ok)
+        give_back(s, &p);
+    else
+        prepared_free(&p);
+    ERR_clear_error();
+    if (!ok) {
         snprintf(err, errlen, "%s", job.error);
         OPENSSL_clear_free(job.out, job.out_len);
         return 0;
