@@ -29,7 +29,9 @@ static const OSSL_ITEM reason_strings[] = {
     {KB_R_NOMEM, "out of memory"},
     {KB_R_INVALID_ARGUMENT, "invalid argument"},
     {KB_R_BAD_URI, "malformed key URI"},
-    {KB_R_PRIVATE_EXPORT, "private key export refused"},
+    {KB_R_PRIVATE_EXPORT,
+     "private key export refused: the private half stays in the key "
+     "manager; only the public key can be exported (pkey -pubout)"},
     {KB_R_PRIVATE_IMPORT, "private key import refused"},
     {KB_R_BUFFER_TOO_SMALL, "output buffer too small"},
     {KB_R_BAD_PARAMETER, "bad parameter"},
