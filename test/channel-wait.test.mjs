@@ -166,3 +166,61 @@ t.test('KMSBRIDGE_POLL_US=0: the caller and the agent sleep for every answer', a
   t.ok(n.agent >= 900, `the serving threads slept ${n.agent} times between 1,000 requests`);
   t.ok(n.caller >= 250, `the caller slept ${n.caller} times for 1,000 replies`);
 });
+
+// The N-API bridge (src-native/node/bridge.c): the in-process KeyService
+// worker's event loop polls for the next request before it sleeps. Requests
+// are PING frames through the real bridge and worker (the addon's
+// channelPing). Prints the voluntary context switches (sleeps) of the main
+// thread and of all the others (the worker among them) over 1,000 requests
+// back to back, then the process's CPU time over 40 requests 5 ms apart.
+const BRIDGE = `
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+const require = createRequire(${JSON.stringify(path.join(ROOT, 'dist') + '/')});
+const { native } = require('./native.js');
+const { default: kmsbridge } = await import(${JSON.stringify(path.join(ROOT, 'dist', 'index.js'))});
+const [pauseMs, paused] = process.argv.slice(2).map(Number);
+const sleeps = () => {
+  const n = { main: 0, others: 0 };
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      const v = Number(/voluntary_ctxt_switches:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/task/' + tid + '/status', 'utf8'))[1]);
+      n[Number(tid) === process.pid ? 'main' : 'others'] += v;
+    } catch {} // a thread that ended meanwhile
+  }
+  return n;
+};
+const kb = await kmsbridge.load();
+const addon = native();
+addon.channelPing(200);
+const s0 = sleeps();
+addon.channelPing(1000);
+const s1 = sleeps();
+const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+const c0 = process.cpuUsage();
+const w0 = process.hrtime.bigint();
+for (let i = 0; i < paused; i++) {
+  sleep(pauseMs);
+  addon.channelPing(1);
+}
+const c = process.cpuUsage(c0);
+const wallUs = Number(process.hrtime.bigint() - w0) / 1000;
+await kb.close();
+console.log(JSON.stringify({ main: s1.main - s0.main, others: s1.others - s0.others, cpuUs: c.user + c.system, wallUs }));
+`;
+
+t.test('the in-process worker polls for a quick caller, stops when the caller slows down, and not at all with KMSBRIDGE_POLL_US=0', async (t) => {
+  const box = sandbox(t);
+  const on = runProgram(t, box, 'bridge.mjs', BRIDGE, [PAUSE_MS, PAUSED]);
+  // A worker that polled through the pauses would use about as much CPU as
+  // they last; one that sleeps uses what a request costs, microseconds.
+  t.ok(on.wallUs >= PAUSED * PAUSE_MS * 1000, `the slow part took ${Math.round(on.wallUs / 1000)} ms`);
+  t.ok(on.cpuUs < on.wallUs / 4, `the process used ${Math.round(on.cpuUs / 1000)} ms of CPU over ${Math.round(on.wallUs / 1000)} ms of a slow caller`);
+  const off = runProgram(t, box, 'bridge.mjs', BRIDGE, [PAUSE_MS, PAUSED], { KMSBRIDGE_POLL_US: '0' });
+  // Polling, with a core free, the worker's side sleeps a few dozen times in
+  // 1,000 requests (62 here); without, the worker sleeps whenever it has
+  // answered before the next request comes (826 here), and the caller for
+  // nearly every reply.
+  t.ok(off.others >= 500, `without polling the worker's side slept ${off.others} times in 1,000 requests (${on.others} polling)`);
+  t.ok(off.main >= 500, `and the caller ${off.main} times (${on.main} polling)`);
+});

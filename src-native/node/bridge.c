@@ -15,7 +15,10 @@
  * finalizer). One mutex guards all bridge state; each request has its own
  * condition variable on CLOCK_MONOTONIC. While the worker has been answering
  * quickly, a caller looks for its answer for a short while before it sleeps
- * on that variable (spin.h).
+ * on that variable (spin.h); and while requests have been following its
+ * replies closely, the worker's event loop looks for the next one for a
+ * short while before it sleeps (a uv_prepare handle, run just before the
+ * loop blocks), so that neither thread pays a wake-up per request.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -24,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <uv.h>
 
 #include "addon.h"
 #include "channel.h"
@@ -52,6 +57,16 @@ struct bridge {
     uint32_t next_id;
     struct kb_spin spin;       /* how long answers take, and whether to poll */
     struct bridge_req pending; /* list head */
+    atomic_uint npending;      /* requests on that list, read while polling */
+    struct kb_spin gaps;       /* from the worker's reply to the next request */
+    long long replied_at;      /* when the worker last answered all, or 0 */
+    struct worker_poll *poll;  /* the bound worker's, or NULL */
+};
+
+/* The worker's event-loop hook that looks for the next request. */
+struct worker_poll {
+    uv_prepare_t prepare;
+    napi_async_cleanup_hook_handle cleanup;
 };
 
 static struct bridge g_bridge;
@@ -72,6 +87,7 @@ static void req_unlink_locked(struct bridge_req *r)
         r->prev->next = r->next;
         r->next->prev = r->prev;
         r->prev = r->next = NULL;
+        atomic_fetch_sub(&g_bridge.npending, 1);
     }
 }
 
@@ -161,6 +177,10 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
     r->prev = &b->pending;
     b->pending.next->prev = r;
     b->pending.next = r;
+    if (b->replied_at != 0) {
+        kb_spin_record(&b->gaps, kb_now_ns() - b->replied_at);
+        b->replied_at = 0;
+    }
     long long spin_ns = kb_spin_budget(&b->spin);
     long long queued_at = kb_now_ns();
     if (napi_call_threadsafe_function(b->tsfn, r, napi_tsfn_nonblocking) !=
@@ -173,6 +193,9 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
                    "the kmsbridge KeyService worker is shutting down");
         return 0;
     }
+    /* after the queueing: a polling worker that sees it finds its loop's
+     * wake-up already sent */
+    atomic_fetch_add(&b->npending, 1);
 
     unsigned ms = timeout_ms != 0 ? timeout_ms : b->timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -280,6 +303,74 @@ static void tsfn_finalize(napi_env env, void *data, void *hint)
     pthread_mutex_unlock(&b->lock);
 }
 
+/* Just before the worker's loop blocks: if it answered everything moments
+ * ago and requests have been following its replies closely, it looks for the
+ * next one for a while (spin.h's policy) instead of sleeping at once. A
+ * request found returns at once; its threadsafe function's wake-up is
+ * already sent, so the loop does not block. */
+static void worker_poll_before_sleep(uv_prepare_t *handle)
+{
+    (void)handle;
+    struct bridge *b = &g_bridge;
+    pthread_mutex_lock(&b->lock);
+    long long replied_at = b->replied_at;
+    pthread_mutex_unlock(&b->lock);
+    if (replied_at == 0 || atomic_load(&b->npending) != 0)
+        return;
+    long long budget = kb_spin_budget(&b->gaps);
+    if (budget <= 0)
+        return;
+    long long until = replied_at + budget;
+    while (atomic_load(&b->npending) == 0 && kb_now_ns() < until)
+        sched_yield();
+}
+
+static void worker_poll_free(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void worker_poll_closed(uv_handle_t *handle)
+{
+    struct worker_poll *wp = handle->data;
+    napi_remove_async_cleanup_hook(wp->cleanup);
+    free(wp);
+}
+
+/* The worker's environment ends: its loop hook is closed on its thread. */
+static void worker_poll_cleanup(napi_async_cleanup_hook_handle hook, void *arg)
+{
+    (void)hook;
+    struct worker_poll *wp = arg;
+    pthread_mutex_lock(&g_bridge.lock);
+    if (g_bridge.poll == wp)
+        g_bridge.poll = NULL;
+    pthread_mutex_unlock(&g_bridge.lock);
+    uv_close((uv_handle_t *)&wp->prepare, worker_poll_closed);
+}
+
+/* Hooks the worker's loop; without it the bridge works, only with a wake-up
+ * per request. */
+static struct worker_poll *worker_poll_start(napi_env env)
+{
+    uv_loop_t *loop = NULL;
+    struct worker_poll *wp = calloc(1, sizeof(*wp));
+    if (wp == NULL || napi_get_uv_event_loop(env, &loop) != napi_ok ||
+        uv_prepare_init(loop, &wp->prepare) != 0) {
+        free(wp);
+        return NULL;
+    }
+    wp->prepare.data = wp;
+    if (napi_add_async_cleanup_hook(env, worker_poll_cleanup, wp,
+                                    &wp->cleanup) != napi_ok) {
+        uv_close((uv_handle_t *)&wp->prepare, worker_poll_free);
+        return NULL;
+    }
+    uv_prepare_start(&wp->prepare, worker_poll_before_sleep);
+    uv_unref((uv_handle_t *)&wp->prepare); /* never keeps the worker alive */
+    return wp;
+}
+
 /* bridgeBind(handler: (frame: Buffer, handle) => void): called on the worker
  * thread. */
 static napi_value bridge_bind(napi_env env, napi_callback_info info)
@@ -305,9 +396,12 @@ static napi_value bridge_bind(napi_env env, napi_callback_info info)
                                         &tsfn) != napi_ok)
         return addon_throw(env, "ERR_BRIDGE",
                            "could not create the threadsafe function");
+    struct worker_poll *wp = worker_poll_start(env);
     pthread_mutex_lock(&g_bridge.lock);
     g_bridge.tsfn = tsfn;
     g_bridge.worker = pthread_self();
+    g_bridge.poll = wp;
+    g_bridge.replied_at = 0;
     pthread_mutex_unlock(&g_bridge.lock);
     return NULL;
 }
@@ -319,7 +413,12 @@ static napi_value bridge_unbind(napi_env env, napi_callback_info info)
     grants_clear(); /* a closed KeyService signs nothing, here either */
     pthread_mutex_lock(&g_bridge.lock);
     napi_threadsafe_function tsfn = g_bridge.tsfn;
+    struct worker_poll *wp = g_bridge.poll;
+    g_bridge.poll = NULL;
+    g_bridge.replied_at = 0;
     pthread_mutex_unlock(&g_bridge.lock);
+    if (wp != NULL)
+        uv_prepare_stop(&wp->prepare); /* closed when its env ends */
     if (tsfn != NULL)
         napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
     (void)env;
@@ -353,6 +452,8 @@ static napi_value bridge_complete(napi_env env, napi_callback_info info)
     } else if (!decoded) {
         settled = req_settle_locked(r, REQ_FAILED, KB_ERR_PROTOCOL, why);
     }
+    if (settled && atomic_load(&g_bridge.npending) == 0)
+        g_bridge.replied_at = kb_now_ns();
     pthread_mutex_unlock(&g_bridge.lock);
     /* Woken after unlocking, the caller does not block on the lock at once.
      * r outlives this: the worker's reference ends only in handle_finalize,
@@ -369,6 +470,9 @@ static void bridge_init_once(void)
     g_bridge.base.ops = &bridge_ops;
     g_bridge.timeout_ms = 30000;
     g_bridge.pending.next = g_bridge.pending.prev = &g_bridge.pending;
+    /* the worker polls only once requests are seen to follow replies closely
+     */
+    atomic_init(&g_bridge.gaps.average_ns, KB_SPIN_LIMIT_NS);
 }
 
 static pthread_once_t bridge_once = PTHREAD_ONCE_INIT;
