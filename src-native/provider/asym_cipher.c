@@ -83,7 +83,7 @@ static EVP_MD *fetch_md(struct kb_cipher_ctx *ctx, const OSSL_PARAM *p)
     const char *name = NULL;
     if (!OSSL_PARAM_get_utf8_string_ptr(p, &name))
         return NULL;
-    EVP_MD *md = EVP_MD_fetch(ctx->prov->libctx, name, KB_PROPQ_OTHERS);
+    EVP_MD *md = kb_prov_fetch_md(ctx->prov, name);
     if (md == NULL || kb_md_wire_name(md) == NULL) {
         kb_raise(ctx->prov, KB_R_UNSUPPORTED,
                  "OAEP digest %s is not supported (sha1, sha224, sha256, "

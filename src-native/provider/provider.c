@@ -175,12 +175,40 @@ static const OSSL_ITEM *kb_get_reason_strings(void *provctx)
     return kb_reason_strings();
 }
 
+EVP_MD *kb_prov_fetch_md(struct kb_prov *prov, const char *name)
+{
+    EVP_MD *md = NULL;
+    size_t len = strlen(name);
+    pthread_mutex_lock(&prov->lock);
+    for (size_t i = 0; i < prov->nmds && md == NULL; i++)
+        if (strcmp(prov->mds[i].name, name) == 0 &&
+            EVP_MD_up_ref(prov->mds[i].md))
+            md = prov->mds[i].md;
+    pthread_mutex_unlock(&prov->lock);
+    if (md != NULL)
+        return md;
+    md = EVP_MD_fetch(prov->libctx, name, KB_PROPQ_OTHERS);
+    if (md == NULL || len >= sizeof(prov->mds[0].name))
+        return md;
+    pthread_mutex_lock(&prov->lock);
+    size_t n = prov->nmds;
+    if (n < sizeof(prov->mds) / sizeof(prov->mds[0]) && EVP_MD_up_ref(md)) {
+        memcpy(prov->mds[n].name, name, len + 1);
+        prov->mds[n].md = md;
+        prov->nmds = n + 1;
+    }
+    pthread_mutex_unlock(&prov->lock);
+    return md;
+}
+
 static void kb_teardown(void *provctx)
 {
     struct kb_prov *prov = provctx;
 
     if (prov == NULL)
         return;
+    for (size_t i = 0; i < prov->nmds; i++)
+        EVP_MD_free(prov->mds[i].md);
     /* the cache outlives nothing: a later provider may get this address */
     kb_key_cache_forget(prov);
     if (prov->chan != NULL)

@@ -121,7 +121,7 @@ static void *kb_sig_dupctx(void *vctx)
 
 static EVP_MD *fetch_md(struct kb_sig_ctx *ctx, const char *name)
 {
-    EVP_MD *md = EVP_MD_fetch(ctx->prov->libctx, name, KB_PROPQ_OTHERS);
+    EVP_MD *md = kb_prov_fetch_md(ctx->prov, name);
     if (md == NULL) {
         kb_raise(ctx->prov, KB_R_UNSUPPORTED, "unknown digest %s", name);
         return NULL;
