@@ -360,16 +360,16 @@ static int kb_km_export(void *keydata, int selection, OSSL_CALLBACK *param_cb,
 static const char *kb_rsa_query_name(int operation_id)
 {
     (void)operation_id;
-    return "RSA";
+    return KB_OP_RSA;
 }
 
 static const char *kb_ec_query_name(int operation_id)
 {
     switch (operation_id) {
     case OSSL_OP_KEYEXCH:
-        return "ECDH";
+        return KB_OP_ECDH;
     case OSSL_OP_SIGNATURE:
-        return "ECDSA";
+        return KB_OP_ECDSA;
     default:
         return NULL;
     }
@@ -378,7 +378,7 @@ static const char *kb_ec_query_name(int operation_id)
 static const char *kb_ed25519_query_name(int operation_id)
 {
     (void)operation_id;
-    return "ED25519";
+    return KB_OP_ED25519;
 }
 
 /* ---- generation: CREATE in the key manager ------------------------------ */

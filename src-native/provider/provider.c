@@ -51,17 +51,23 @@ static const OSSL_ALGORITHM kb_signature[] = {
      "ECDSA signatures by the key manager"},
     {KB_ALG_ED25519, KB_PROPS, kb_ed25519_signature_functions,
      "Ed25519 signatures by the key manager"},
+    /* the same, under the names our keys ask for (provider.h) */
+    {KB_OP_RSA, KB_PROPS, kb_rsa_signature_functions, NULL},
+    {KB_OP_ECDSA, KB_PROPS, kb_ecdsa_signature_functions, NULL},
+    {KB_OP_ED25519, KB_PROPS, kb_ed25519_signature_functions, NULL},
     {NULL, NULL, NULL, NULL},
 };
 
 static const OSSL_ALGORITHM kb_asym_cipher[] = {
     {KB_ALG_RSA, KB_PROPS, kb_rsa_asym_cipher_functions,
      "RSA OAEP and PKCS#1 v1.5 decryption by the key manager"},
+    {KB_OP_RSA, KB_PROPS, kb_rsa_asym_cipher_functions, NULL},
     {NULL, NULL, NULL, NULL},
 };
 
 static const OSSL_ALGORITHM kb_keyexch[] = {
     {"ECDH", KB_PROPS, kb_ecdh_keyexch_functions, "ECDH by the key manager"},
+    {KB_OP_ECDH, KB_PROPS, kb_ecdh_keyexch_functions, NULL},
     {NULL, NULL, NULL, NULL},
 };
 
