@@ -85,6 +85,38 @@ void kb_spin_record(struct kb_spin *s, long long took_ns)
                           memory_order_relaxed);
 }
 
+#define KB_SPIN_YIELD_NS 10000 /* between yields while polling memory */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+unsigned kb_spin_while(const atomic_uint *word, unsigned unchanged,
+                       long long until_ns)
+{
+    long long next_yield = kb_now_ns() + KB_SPIN_YIELD_NS;
+    unsigned v;
+    while ((v = atomic_load_explicit(word, memory_order_acquire)) ==
+           unchanged) {
+        long long now = kb_now_ns();
+        if (now >= until_ns)
+            break;
+        if (now >= next_yield) {
+            sched_yield();
+            next_yield = kb_now_ns() + KB_SPIN_YIELD_NS;
+        } else {
+            for (int i = 0; i < 32; i++)
+                cpu_relax();
+        }
+    }
+    return v;
+}
+
 ssize_t kb_spin_recv(int fd, void *buf, size_t len, long long budget_ns,
                      const atomic_bool *stop)
 {

@@ -38,6 +38,14 @@ long long kb_spin_budget(struct kb_spin *s);
 /* Records how long a wait took, from the request to the answer. */
 void kb_spin_record(struct kb_spin *s, long long took_ns);
 
+/* Waits without sleeping until *|word| is no longer |unchanged| or the
+ * monotonic clock reaches |until_ns|, pausing the core between looks and
+ * yielding it every few microseconds (a yield is a system call, and on a
+ * virtual machine a costly one); returns the value seen last. For answers
+ * another thread of this process posts in memory. */
+unsigned kb_spin_while(const atomic_uint *word, unsigned unchanged,
+                       long long until_ns);
+
 /* Reads socket |fd| without sleeping for up to |budget_ns|, yielding the
  * core between tries, and sooner once *|stop| (if given) is set: recv()'s
  * result, or -1 with EAGAIN when nothing came. */

@@ -41,7 +41,8 @@ struct bridge_req {
     struct bridge_req *prev, *next; /* the pending list */
     uint8_t *frame;
     size_t len;
-    enum req_state state;
+    atomic_uint
+        state; /* enum req_state; changed under the lock, polled without */
     struct kb_wire_msg *reply;
     struct kb_err err;
     int refs;
@@ -91,17 +92,15 @@ static void req_unlink_locked(struct bridge_req *r)
     }
 }
 
-/* Looks for |r|'s answer for up to |spin_ns| before its caller sleeps,
- * yielding the core between looks; b->lock held on entry and return. */
+/* Looks for |r|'s answer for up to |spin_ns| before its caller sleeps;
+ * b->lock held on entry and return, not while looking (the caller's
+ * reference keeps r alive). */
 static void poll_for_answer(struct bridge *b, struct bridge_req *r,
                             long long spin_ns)
 {
-    long long until = kb_now_ns() + spin_ns;
-    while (r->state == REQ_PENDING && kb_now_ns() < until) {
-        pthread_mutex_unlock(&b->lock);
-        sched_yield();
-        pthread_mutex_lock(&b->lock);
-    }
+    pthread_mutex_unlock(&b->lock);
+    kb_spin_while(&r->state, REQ_PENDING, kb_now_ns() + spin_ns);
+    pthread_mutex_lock(&b->lock);
 }
 
 /* Settles a pending request; returns 1 if it did (its caller must be woken). */
@@ -320,9 +319,7 @@ static void worker_poll_before_sleep(uv_prepare_t *handle)
     long long budget = kb_spin_budget(&b->gaps);
     if (budget <= 0)
         return;
-    long long until = replied_at + budget;
-    while (atomic_load(&b->npending) == 0 && kb_now_ns() < until)
-        sched_yield();
+    kb_spin_while(&b->npending, 0, replied_at + budget);
 }
 
 static void worker_poll_free(uv_handle_t *handle)

@@ -337,6 +337,8 @@ static int sign_granted(const uint8_t *frame, size_t len,
 
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 {
+    if (atomic_load(&ngrants_hint) == 0)
+        return 0; /* nor two system calls for who is asking */
     struct caller c = {(long)getpid(), (unsigned long)getuid(), 0};
     struct kb_buf out = {0};
     char why[64];
