@@ -148,14 +148,16 @@ static const struct kb_wire_field *field(const struct kb_wire_msg *m,
     return NULL;
 }
 
-/* Whether string field |tag| equals |want| ("" = the field is absent). */
+/* Whether string field |tag| equals |want| ("": the field is absent; an
+ * empty field is not absent, as the KeyService refuses an empty digest). */
 static int string_is(const struct kb_wire_msg *m, uint16_t tag,
                      const char *want)
 {
     const struct kb_wire_field *f = field(m, tag);
     if (f == NULL)
         return want[0] == '\0';
-    return strlen(want) == f->len && memcmp(f->val, want, f->len) == 0;
+    return want[0] != '\0' && strlen(want) == f->len &&
+           memcmp(f->val, want, f->len) == 0;
 }
 
 static int matches(const struct grant *g, const struct caller *c,
