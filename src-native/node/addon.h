@@ -15,8 +15,8 @@ napi_status local_crypto_register(napi_env env, napi_value exports);
 napi_status serve_register(napi_env env, napi_value exports);
 napi_status bridge_register(napi_env env, napi_value exports);
 napi_status register_register(napi_env env, napi_value exports);
-/* A benchmark hook (bench.c): channelPing(count), the bridge's own round trip.
- */
+/* Benchmark hooks (bench.c): channelPing(count), the bridge's own round
+ * trip; bridgeStats(), how its worker waited. */
 napi_status bench_register(napi_env env, napi_value exports);
 
 /* local_crypto.c: signatures of one shape with one key, on the calling
@@ -72,5 +72,7 @@ struct kb_channel;
 /* The process-wide N-API bridge channel; a non-zero timeout replaces its
  * default. */
 struct kb_channel *bridge_channel(unsigned timeout_ms);
+/* How many times the KeyService worker polled for a request (bridge.c). */
+unsigned long bridge_worker_polls(void);
 
 #endif

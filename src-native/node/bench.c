@@ -1,9 +1,10 @@
 /*
- * A benchmark hook, used only by `npm run bench` (scripts/bench/): the cost
+ * Benchmark hooks, used by `npm run bench` (scripts/bench/) and tests: the cost
  * of the N-API bridge itself. channelPing(count) sends |count| no-op PING
  * frames, one at a time, from the calling thread through the bridge channel
  * to the KeyService worker (kmsbridge.load() must have started it) and
- * returns a Float64Array of the round-trip time of each, in nanoseconds.
+ * returns a Float64Array of the round-trip time of each, in nanoseconds;
+ * bridgeStats() says how the worker waited for them.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,11 +63,29 @@ static napi_value channel_ping(napi_env env, napi_callback_info info)
     return result;
 }
 
+/* bridgeStats() -> { workerPolls }: how many times the KeyService worker's
+ * loop polled for a request instead of sleeping at once (spin.h's policy,
+ * KMSBRIDGE_POLL_US). */
+static napi_value bridge_stats(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    napi_value result, polls;
+    if (napi_create_object(env, &result) != napi_ok ||
+        napi_create_double(env, (double)bridge_worker_polls(), &polls) !=
+            napi_ok ||
+        napi_set_named_property(env, result, "workerPolls", polls) != napi_ok)
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    return result;
+}
+
 napi_status bench_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
         {"channelPing", NULL, channel_ping, NULL, NULL, NULL, napi_default,
          NULL},
+        {"bridgeStats", NULL, bridge_stats, NULL, NULL, NULL, napi_default,
+         NULL},
     };
-    return napi_define_properties(env, exports, 1, props);
+    return napi_define_properties(env, exports,
+                                  sizeof(props) / sizeof(props[0]), props);
 }

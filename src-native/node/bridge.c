@@ -302,6 +302,15 @@ static void tsfn_finalize(napi_env env, void *data, void *hint)
     pthread_mutex_unlock(&b->lock);
 }
 
+/* How often the worker's loop looked for a request instead of sleeping at
+ * once (bridgeStats, for tests and benchmarks). */
+static atomic_ulong worker_polls;
+
+unsigned long bridge_worker_polls(void)
+{
+    return atomic_load_explicit(&worker_polls, memory_order_relaxed);
+}
+
 /* Just before the worker's loop blocks: if it answered everything moments
  * ago and requests have been following its replies closely, it looks for the
  * next one for a while (spin.h's policy) instead of sleeping at once. A
@@ -319,6 +328,7 @@ static void worker_poll_before_sleep(uv_prepare_t *handle)
     long long budget = kb_spin_budget(&b->gaps);
     if (budget <= 0)
         return;
+    atomic_fetch_add_explicit(&worker_polls, 1, memory_order_relaxed);
     kb_spin_while(&b->npending, 0, replied_at + budget);
 }
 
