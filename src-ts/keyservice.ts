@@ -378,10 +378,10 @@ function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | und
 /**
  * The signatures a grant can repeat: PKCS#1, PSS and ECDSA over a digest of
  * fixed length; Ed25519 (the message itself, of any length) only with a local
- * key, whose policy sets no message limit.
+ * key or on a PKCS#11 token, which set no message limit (AWS KMS does).
  */
 function grantable(req: SignRequest, backendType: string): boolean {
-  if (req.algorithm === 'ed25519') return backendType === 'local';
+  if (req.algorithm === 'ed25519') return backendType === 'local' || backendType === 'pkcs11';
   return req.digest !== undefined && (req.algorithm === 'rsa-pkcs1' || req.algorithm === 'rsa-pss' || req.algorithm === 'ecdsa');
 }
 

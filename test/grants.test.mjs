@@ -146,11 +146,6 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', digest: 'sha256', dataLength: 32 }), /none for ed25519/, 'Ed25519 with a digest is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', dataLength: 32 }), /0 for ed25519/, 'Ed25519 with a length is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ecdsa', dataLength: 0 }), /grantSign\(/, 'ECDSA without a digest is refused');
-  t.throws(
-    () => addon.grantSign({ uri: 'kms:t/ed3', keyring: 't', algorithm: 'ed25519', dataLength: 0, auditFd: -1, uid: 77, pkcs11: {} }),
-    /no PKCS#11 grant for Ed25519/,
-    'and on a token',
-  );
   addon.revokeGrants('kms:t/ed');
 });
 

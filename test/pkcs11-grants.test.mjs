@@ -2,7 +2,8 @@
 // the KeyService has approved and made a peer's signature on SoftHSM2, the
 // agent's serving threads make the same signature on the token themselves,
 // without JavaScript (read from /proc: the main thread stays idle). Every
-// signature is checked against the public key pkcs11-tool reads off the token,
+// signature (ECDSA, RSA PKCS#1 and PSS over a digest, Ed25519 over messages
+// of any length) is checked against the public key pkcs11-tool reads off the token,
 // by node:crypto and, for one of each kind, by the system openssl. A key
 // deleted through kmsbridge or behind its back, and a closing agent, end the
 // grants: nothing is signed with a key that is gone.
@@ -52,29 +53,38 @@ const KINDS = {
     ],
     verify: { padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 },
   },
+  // CKM_EDDSA over the message itself: no digest
+  ed25519: { fields: [{ tag: Tag.ALGORITHM, value: 'ed25519' }], verify: {}, pure: true },
 };
 
 function signer(client, uri, kind) {
-  return (msg) =>
-    client
-      .request(MsgType.SIGN, [
-        { tag: Tag.URI, value: uri },
-        ...KINDS[kind].fields,
+  const data = KINDS[kind].pure
+    ? (msg) => [{ tag: Tag.DATA, value: Buffer.from(msg) }]
+    : (msg) => [
         { tag: Tag.DIGEST, value: 'sha256' },
         { tag: Tag.DATA, value: crypto.createHash('sha256').update(msg).digest() },
-      ])
-      .then((f) => f.requireBytes(Tag.RESULT));
+      ];
+  return (msg) => client.request(MsgType.SIGN, [{ tag: Tag.URI, value: uri }, ...KINDS[kind].fields, ...data(msg)]).then((f) => f.requireBytes(Tag.RESULT));
+}
+
+// Messages of several lengths (Ed25519 signs the message, up to 3,000 bytes here).
+const message = (kind, i) => `${kind} ${i} `.repeat(1 + ((i * 37) % 300));
+
+function verifies(key, kind, msg, sig) {
+  return crypto.verify(KINDS[kind].pure ? null : 'sha256', Buffer.from(msg), { key: key.pub, ...KINDS[kind].verify }, sig);
 }
 
 t.test('repeated signatures are made by the serving threads on the token, verify, and are audited once each', async (t) => {
   const w = await world(t);
   const ec = w.create('grant-ec', 'ec-p256');
   const rsa = w.create('grant-rsa', 'rsa-2048');
+  const ed = w.create('grant-ed', 'ed25519');
   const pid = w.agent.child.pid;
   for (const [key, kind, n] of [
     [ec, 'ecdsa', 200],
     [rsa, 'rsa-pkcs1', 60],
     [rsa, 'rsa-pss', 60],
+    [ed, 'ed25519', 100],
   ]) {
     const sign = signer(w.client, key.uri, kind);
     const auditedBefore = w.audited().length;
@@ -82,17 +92,18 @@ t.test('repeated signatures are made by the serving threads on the token, verify
     await new Promise((r) => setTimeout(r, 150)); // the grant follows the answer
     const before = runTimes(pid);
     const sigs = [];
-    for (let i = 0; i < n; i++) sigs.push(await sign(`${kind} ${i}`));
+    for (let i = 0; i < n; i++) sigs.push(await sign(message(kind, i)));
     const ran = since(before, runTimes(pid));
     t.ok(
-      sigs.every((s, i) => crypto.verify('sha256', Buffer.from(`${kind} ${i}`), { key: key.pub, ...KINDS[kind].verify }, s)),
+      sigs.every((s, i) => verifies(key, kind, message(kind, i), s)),
       `${kind}: ${n} signatures verify with the public key read by pkcs11-tool`,
     );
     const last = { msg: w.box.file(`${kind}.msg`), sig: w.box.file(`${kind}.sig`) };
-    fs.writeFileSync(last.msg, `${kind} ${n - 1}`);
+    fs.writeFileSync(last.msg, message(kind, n - 1));
     fs.writeFileSync(last.sig, sigs[n - 1]);
     const pss = kind === 'rsa-pss' ? ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32'] : [];
-    opensslOk(t, ['dgst', '-sha256', ...pss, '-verify', key.pubFile, '-signature', last.sig, last.msg]);
+    if (KINDS[kind].pure) opensslOk(t, ['pkeyutl', '-verify', '-pubin', '-inkey', key.pubFile, '-rawin', '-in', last.msg, '-sigfile', last.sig]);
+    else opensslOk(t, ['dgst', '-sha256', ...pss, '-verify', key.pubFile, '-signature', last.sig, last.msg]);
     t.ok(ran.main < ran.serving / 2, `${kind}: the serving threads did the work, not JavaScript (${formatRunTimes(ran)})`);
     const lines = w.audited().slice(auditedBefore);
     t.equal(lines.length, n + 1, `${kind}: one audit line each`);

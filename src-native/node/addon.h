@@ -62,7 +62,9 @@ struct p11_module *p11_module_find(const char *path, char *err, size_t errlen);
  * counts), 0 if the caller must leave the request to the KeyService. */
 int p11_module_enter(struct p11_module *m, int max_inside);
 void p11_module_leave(struct p11_module *m);
-/* 1 with an OPENSSL_malloc'ed signature (DER for ECDSA), 0 on any error. */
+/* 1 with an OPENSSL_malloc'ed signature (DER for ECDSA), 0 on any error.
+ * |algorithm| "ecdsa", "rsa-pkcs1", "rsa-pss" over a digest, or "ed25519"
+ * over the message (|digest| ""). */
 int p11_sign(struct p11_module *m, const struct p11_key *key,
              const char *algorithm, const char *digest, const char *mgf1,
              int64_t salt, const uint8_t *data, size_t len, unsigned char **out,

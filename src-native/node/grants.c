@@ -509,10 +509,6 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
                            "auditFd, uid?, "
                            "key, file, ino, mtimeMs, size | pkcs11 })");
     if (p11_type == napi_object) {
-        if (g.digest[0] == '\0')
-            return addon_throw(env, "ERR_INVALID_ARG",
-                               "no PKCS#11 grant for Ed25519 (CKM_EDDSA is "
-                               "not signed here)");
         if (uid < 0)
             return addon_throw(env, "ERR_INVALID_ARG",
                                "a PKCS#11 grant is for one agent peer: uid");

@@ -247,7 +247,9 @@ int p11_sign(struct p11_module *m, const struct p11_key *key,
              int64_t salt, const uint8_t *data, size_t len, unsigned char **out,
              size_t *out_len)
 {
-    const struct digest_mechs *d = digest_named(digest);
+    /* Ed25519 signs the message itself (CKM_EDDSA, pure): no digest */
+    const int eddsa = strcmp(algorithm, "ed25519") == 0;
+    const struct digest_mechs *d = eddsa ? NULL : digest_named(digest);
     const struct digest_mechs *mgf = mgf1[0] != '\0' ? digest_named(mgf1) : d;
     CK_RSA_PKCS_PSS_PARAMS pss;
     CK_MECHANISM mech = {0};
@@ -256,9 +258,11 @@ int p11_sign(struct p11_module *m, const struct p11_key *key,
     const uint8_t *in = data;
     size_t in_len = len;
 
-    if (d == NULL || mgf == NULL)
+    if (!eddsa && (d == NULL || mgf == NULL))
         return 0;
-    if (strcmp(algorithm, "ecdsa") == 0) {
+    if (eddsa) {
+        mech.mechanism = CKM_EDDSA; /* the signature is R || S, as Ed25519's */
+    } else if (strcmp(algorithm, "ecdsa") == 0) {
         mech.mechanism = CKM_ECDSA;
     } else if (strcmp(algorithm, "rsa-pkcs1") == 0) {
         if (!digest_info(d->nid, data, len, &info, &info_len))
