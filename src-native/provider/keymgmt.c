@@ -344,10 +344,11 @@ static int kb_km_export(void *keydata, int selection, OSSL_CALLBACK *param_cb,
     if (key == NULL || key->pub == NULL)
         return 0;
     if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0) {
-        /* OpenSSL 3.0 asks this of every signature, offering the key to the
-         * default provider first, and discards the error; it costs a fifth
-         * of a signature's instructions when formatted at length. The
-         * reason says it all; the data names the key. */
+        /* OpenSSL asks this when it offers our key to another provider's
+         * operation, and may discard the error (before our keys named
+         * KMSBRIDGE- operations it did so for every signature, and the
+         * message formatted at length cost a fifth of the signature's
+         * instructions). The reason says it all; the data names the key. */
         kb_raise(key->prov, KB_R_PRIVATE_EXPORT, "%s",
                  key->uri != NULL ? key->uri : "this key");
         return 0;
