@@ -198,10 +198,11 @@ EVP_MD *kb_prov_fetch_md(struct kb_prov *prov, const char *name)
         return md;
     pthread_mutex_lock(&prov->lock);
     size_t n = prov->nmds;
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(prov->mds[i].name, name) == 0)
-            n = SIZE_MAX; /* another thread remembered it meanwhile */
-    if (n < sizeof(prov->mds) / sizeof(prov->mds[0]) && EVP_MD_up_ref(md)) {
+    int known = 0; /* another thread remembered it meanwhile */
+    for (size_t i = 0; i < n && !known; i++)
+        known = strcmp(prov->mds[i].name, name) == 0;
+    if (!known && n < sizeof(prov->mds) / sizeof(prov->mds[0]) &&
+        EVP_MD_up_ref(md)) {
         memcpy(prov->mds[n].name, name, len + 1);
         prov->mds[n].md = md;
         prov->nmds = n + 1;
