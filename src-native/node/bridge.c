@@ -22,7 +22,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +40,7 @@ struct bridge_req {
     struct bridge_req *prev, *next; /* the pending list */
     uint8_t *frame;
     size_t len;
-    atomic_uint
-        state; /* enum req_state; changed under the lock, polled without */
+    atomic_uint state; /* enum req_state; set under the lock */
     struct kb_wire_msg *reply;
     struct kb_err err;
     int refs;
@@ -80,6 +78,17 @@ static void req_release_locked(struct bridge_req *r)
     kb_wire_msg_free(r->reply);
     free(r->frame);
     free(r);
+}
+
+/* On the pending list; npending counts it for the polling worker. */
+static void req_link_locked(struct bridge_req *r)
+{
+    struct bridge_req *head = &g_bridge.pending;
+    r->next = head->next;
+    r->prev = head;
+    head->next->prev = r;
+    head->next = r;
+    atomic_fetch_add(&g_bridge.npending, 1);
 }
 
 static void req_unlink_locked(struct bridge_req *r)
@@ -172,10 +181,7 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
         return 0;
     }
     kb_frame_set_id(r->frame, ++b->next_id);
-    r->next = b->pending.next;
-    r->prev = &b->pending;
-    b->pending.next->prev = r;
-    b->pending.next = r;
+    req_link_locked(r);
     if (b->replied_at != 0) {
         kb_spin_record(&b->gaps, kb_now_ns() - b->replied_at);
         b->replied_at = 0;
@@ -192,9 +198,6 @@ static int bridge_call(struct kb_channel *ch, struct kb_buf *req,
                    "the kmsbridge KeyService worker is shutting down");
         return 0;
     }
-    /* after the queueing: a polling worker that sees it finds its loop's
-     * wake-up already sent */
-    atomic_fetch_add(&b->npending, 1);
 
     unsigned ms = timeout_ms != 0 ? timeout_ms : b->timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -314,8 +317,8 @@ unsigned long bridge_worker_polls(void)
 /* Just before the worker's loop blocks: if it answered everything moments
  * ago and requests have been following its replies closely, it looks for the
  * next one for a while (spin.h's policy) instead of sleeping at once. A
- * request found returns at once; its threadsafe function's wake-up is
- * already sent, so the loop does not block. */
+ * request found returns at once: its threadsafe function's wake-up is sent
+ * with it, so the loop blocks for a moment at most. */
 static void worker_poll_before_sleep(uv_prepare_t *handle)
 {
     (void)handle;
