@@ -371,11 +371,6 @@ function checkDigest(cfg: KeyringConfig, d: KeyDescription, digest: string | und
 }
 
 /**
- * The checks of SIGN, and of VERIFY with the same policy (algorithm, digests,
- * SHA-1, lengths), less the limits of the key manager's signing (Ed25519
- * message size, fixed PSS salt) which do not bind a verifier.
- */
-/**
  * The signatures a grant can repeat: PKCS#1, PSS and ECDSA over a digest of
  * fixed length; Ed25519 (the message itself, of any length) only with a local
  * key or on a PKCS#11 token, which set no message limit (AWS KMS does).
@@ -385,6 +380,11 @@ function grantable(req: SignRequest, backendType: string): boolean {
   return req.digest !== undefined && (req.algorithm === 'rsa-pkcs1' || req.algorithm === 'rsa-pss' || req.algorithm === 'ecdsa');
 }
 
+/**
+ * The checks of SIGN, and of VERIFY with the same policy (algorithm, digests,
+ * SHA-1, lengths), less the limits of the key manager's signing (Ed25519
+ * message size, fixed PSS salt) which do not bind a verifier.
+ */
 function checkSignature(cfg: KeyringConfig, d: KeyDescription, req: SignRequest, op: 'sign' | 'verify'): void {
   const signing = op === 'sign';
   if (!d.algorithms.includes(req.algorithm)) throw wrongAlgorithm(d, req.algorithm);
