@@ -24,8 +24,9 @@
  * the pool's lock. Nothing is sticky: every call tries to connect again.
  *
  * Waiting: a caller whose replies have been coming back quickly polls its
- * socket for a short while before it sleeps in poll() (spin.h says when and
- * why).
+ * socket for a short while before it sleeps in poll(); one whose replies
+ * take a little longer (RSA) naps on its socket and a timer of its
+ * connection, then polls (spin.h says when and why).
  */
 #include "channel.h"
 #include "log.h"
@@ -40,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +50,7 @@
 
 struct conn {
     int fd;
+    int timer_fd; /* for naps (spin.h), made at the first; -1 until then */
     int busy;
     uint32_t max_frame;
     struct conn *next;
@@ -73,13 +76,20 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct agent_channel *registry;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+static void conn_free(struct conn *c)
+{
+    close(c->fd); /* never shutdown(): a forked parent may still use it */
+    if (c->timer_fd >= 0)
+        close(c->timer_fd);
+    free(c);
+}
+
 static void conns_drop_all(struct agent_channel *ch)
 {
     struct conn *c = ch->conns;
     while (c != NULL) {
         struct conn *next = c->next;
-        close(c->fd); /* never shutdown(): the parent still uses the socket */
-        free(c);
+        conn_free(c);
         c = next;
     }
     ch->conns = NULL;
@@ -192,38 +202,93 @@ static enum io_result read_full(int fd, uint8_t *p, size_t n,
     return IO_OK;
 }
 
-/*
- * Reads at least |min| and at most |max| bytes into |p|. Without |spin_ns|
- * it waits before each read: a reply is never there the moment its request
- * has left, so a read first would only cost a system call to learn that.
- */
-static enum io_result read_some(int fd, uint8_t *p, size_t min, size_t max,
-                                size_t *got, long long deadline,
-                                long long spin_ns)
+/* Adds what recv() returned to *|got|: IO_OK also when nothing came yet. */
+static enum io_result took(ssize_t r, size_t *got)
 {
-    *got = 0;
-    if (spin_ns > 0) {
-        ssize_t r = kb_spin_recv(fd, p, max, spin_ns, NULL);
-        if (r > 0)
-            *got = (size_t)r;
-        else if (r == 0)
-            return IO_EOF;
-        else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
-            return IO_ERROR;
+    if (r > 0)
+        *got += (size_t)r;
+    else if (r == 0)
+        return IO_EOF;
+    else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+        return IO_ERROR;
+    return IO_OK;
+}
+
+/*
+ * A nap (spin.h): sleeps until the reply or |c|'s timer |nap_ns| away,
+ * whichever comes first; after the timer, polls for up to |poll_ns|, reading
+ * what came into |p| (at most |max|, *|got|). *|woke_ns| says how it went:
+ * when the timer woke the caller, -1 when the reply came first, 0 when no
+ * nap happened (no timer, the deadline, a signal). Whatever has not come
+ * yet, the caller then sleeps for as before.
+ */
+static enum io_result nap(struct conn *c, uint8_t *p, size_t max, size_t *got,
+                          long long deadline, long long nap_ns,
+                          long long poll_ns, long long *woke_ns)
+{
+    *woke_ns = 0;
+    if (c->timer_fd < 0)
+        c->timer_fd =
+            timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    /* A timerfd, not poll()'s own timeout: that one may fire 50 µs late
+     * (the thread's timer slack), which is all a nap is to save. */
+    struct itimerspec at = {
+        .it_value = {nap_ns / 1000000000, nap_ns % 1000000000}};
+    long long left = deadline - now_ms();
+    if (c->timer_fd < 0 || left <= 0 ||
+        timerfd_settime(c->timer_fd, 0, &at, NULL) != 0)
+        return IO_OK;
+    struct pollfd fds[2] = {{c->fd, POLLIN, 0}, {c->timer_fd, POLLIN, 0}};
+    if (poll(fds, 2, left > 60000 ? 60000 : (int)left) <= 0)
+        return IO_OK;
+    if (fds[0].revents != 0) {
+        *woke_ns = -1; /* setting the timer again resets it: no read */
+        return IO_OK;
     }
+    *woke_ns = kb_now_ns();
+    return took(kb_spin_recv(c->fd, p, max, poll_ns, NULL), got);
+}
+
+/* How a caller waits for its reply (spin.h): polls from the start for
+ * |spin_ns|, or naps |nap_ns| then polls for |nap_poll_ns|, or sleeps. */
+struct wait_plan {
+    long long spin_ns;
+    long long nap_ns;
+    long long nap_poll_ns;
+    long long woke_ns; /* out: as nap() says */
+};
+
+/*
+ * Reads at least |min| and at most |max| bytes into |p|. Without a plan to
+ * poll it waits before each read: a reply is never there the moment its
+ * request has left, so a read first would only cost a system call to learn
+ * that.
+ */
+static enum io_result read_some(struct conn *c, uint8_t *p, size_t min,
+                                size_t max, size_t *got, long long deadline,
+                                struct wait_plan *plan)
+{
+    int fd = c->fd;
+    *got = 0;
+    plan->woke_ns = 0;
+    enum io_result first = IO_OK;
+    if (plan->spin_ns > 0)
+        first = took(kb_spin_recv(fd, p, max, plan->spin_ns, NULL), got);
+    else if (plan->nap_ns > 0)
+        first = nap(c, p, max, got, deadline, plan->nap_ns, plan->nap_poll_ns,
+                    &plan->woke_ns);
+    if (first != IO_OK)
+        return first;
     while (*got < min) {
         int w = wait_fd(fd, POLLIN, deadline);
         if (w == 0)
             return IO_TIMEOUT;
         if (w < 0)
             return IO_ERROR;
-        ssize_t r = recv(fd, p + *got, max - *got, MSG_DONTWAIT);
-        if (r > 0)
-            *got += (size_t)r;
-        else if (r == 0)
-            return IO_EOF;
-        else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
-            return IO_ERROR;
+        enum io_result r =
+            took(recv(fd, p + *got, max - *got, MSG_DONTWAIT), got);
+        if (r != IO_OK)
+            return r;
     }
     return IO_OK;
 }
@@ -240,10 +305,10 @@ static void no_agent(struct agent_channel *ch, struct kb_err *err, int e)
  * One round trip on |fd|: writes |frame|, reads the reply with the same id.
  * |sent| tells whether the request left this process (for retry decisions).
  */
-static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
-                      size_t len, long long deadline, unsigned timeout_ms,
-                      struct kb_wire_msg **reply, struct kb_err *err,
-                      int *retryable)
+static int round_trip(struct agent_channel *ch, struct conn *c,
+                      const uint8_t *frame, size_t len, long long deadline,
+                      unsigned timeout_ms, struct kb_wire_msg **reply,
+                      struct kb_err *err, int *retryable)
 {
     uint32_t id = ((uint32_t)frame[4] << 24) | ((uint32_t)frame[5] << 16) |
                   ((uint32_t)frame[6] << 8) | frame[7];
@@ -254,18 +319,25 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
     enum io_result r;
 
     *retryable = 0;
-    long long spin_ns = kb_spin_budget(&ch->spin);
+    struct wait_plan plan = {kb_spin_budget(&ch->spin), 0, 0, 0};
+    if (plan.spin_ns == 0)
+        plan.nap_ns = kb_nap_budget(&ch->spin, &plan.nap_poll_ns);
     long long sent_at = kb_now_ns();
-    r = write_all(fd, frame, len, deadline);
+    r = write_all(c->fd, frame, len, deadline);
     if (r == IO_ERROR && (errno == EPIPE || errno == ECONNRESET))
         *retryable = 1;
     if (r == IO_OK) {
-        r = read_some(fd, head, 4, sizeof(head), &got, deadline, spin_ns);
+        r = read_some(c, head, 4, sizeof(head), &got, deadline, &plan);
         if (r == IO_EOF || (r == IO_ERROR && errno == ECONNRESET))
             *retryable = 1; /* closed before answering anything */
     }
-    if (r == IO_OK)
-        kb_spin_record(&ch->spin, kb_now_ns() - sent_at);
+    if (r == IO_OK) {
+        long long answered = kb_now_ns();
+        kb_spin_record(&ch->spin, answered - sent_at);
+        if (plan.woke_ns != 0)
+            kb_nap_record(&ch->spin, plan.nap_ns,
+                          plan.woke_ns < 0 ? -1 : answered - plan.woke_ns);
+    }
     if (r == IO_TIMEOUT) {
         kb_err_set(err, KB_ERR_LOCAL_TIMEOUT,
                    "the kmsbridge agent at %s did not answer within %u ms",
@@ -299,7 +371,7 @@ static int round_trip(struct agent_channel *ch, int fd, const uint8_t *frame,
     }
     memcpy(buf, head, got);
     explicit_bzero(head, got); /* a reply may carry a plaintext */
-    r = read_full(fd, buf + got, size - got, deadline);
+    r = read_full(c->fd, buf + got, size - got, deadline);
     if (r != IO_OK) {
         free(buf);
         if (r == IO_TIMEOUT)
@@ -353,8 +425,7 @@ static void conn_close(struct agent_channel *ch, struct conn *c)
         }
     }
     pthread_mutex_unlock(&ch->lock);
-    close(c->fd);
-    free(c);
+    conn_free(c);
 }
 
 /* Opens a connection and says HELLO. Returns NULL with |err| set. */
@@ -405,6 +476,7 @@ static struct conn *conn_open(struct agent_channel *ch, struct kb_err *err)
         return NULL;
     }
     c->fd = fd;
+    c->timer_fd = -1;
     c->busy = 1;
     c->max_frame = KB_WIRE_MAX_LENGTH + 4;
 
@@ -426,7 +498,7 @@ static struct conn *conn_open(struct agent_channel *ch, struct kb_err *err)
     }
     struct kb_wire_msg *reply = NULL;
     int retryable;
-    int ok = round_trip(ch, fd, b.data, b.len, deadline, ch->connect_ms, &reply,
+    int ok = round_trip(ch, c, b.data, b.len, deadline, ch->connect_ms, &reply,
                         err, &retryable);
     kb_buf_free(&b);
     if (!ok) {
@@ -478,8 +550,7 @@ static void conns_drop_idle(struct agent_channel *ch)
             continue;
         }
         *pp = c->next;
-        close(c->fd);
-        free(c);
+        conn_free(c);
     }
     pthread_mutex_unlock(&ch->lock);
 }
@@ -533,10 +604,8 @@ static void conn_release(struct agent_channel *ch, struct conn *c)
         c->busy = 0;
     }
     pthread_mutex_unlock(&ch->lock);
-    if (drop) {
-        close(c->fd);
-        free(c);
-    }
+    if (drop)
+        conn_free(c);
 }
 
 static int agent_call(struct kb_channel *base, struct kb_buf *req,
@@ -576,8 +645,8 @@ static int agent_call(struct kb_channel *base, struct kb_buf *req,
 
         long long deadline = now_ms() + timeout_ms;
         int retryable = 0;
-        if (round_trip(ch, c->fd, req->data, req->len, deadline, timeout_ms,
-                       reply, err, &retryable)) {
+        if (round_trip(ch, c, req->data, req->len, deadline, timeout_ms, reply,
+                       err, &retryable)) {
             conn_release(ch, c);
             return 1;
         }

@@ -85,6 +85,54 @@ void kb_spin_record(struct kb_spin *s, long long took_ns)
                           memory_order_relaxed);
 }
 
+/* A nap aims to wake this long before the answer; each one the answer beat
+ * is this much shorter the next time. */
+#define NAP_AIM_NS 15000
+#define NAP_STEP_NS 20000
+
+static atomic_ullong naps, naps_woken_by_timer, naps_no_free_core;
+
+long long kb_nap_budget(struct kb_spin *s, long long *poll_ns)
+{
+    pthread_once(&max_once, read_max);
+    long long average =
+        atomic_load_explicit(&s->average_ns, memory_order_relaxed);
+    if (max_ns == 0 || average < KB_SPIN_LIMIT_NS || average > KB_NAP_LIMIT_NS)
+        return 0;
+    if (!core_free()) {
+        atomic_fetch_add_explicit(&naps_no_free_core, 1, memory_order_relaxed);
+        return 0;
+    }
+    long long nap = atomic_load_explicit(&s->nap_ns, memory_order_relaxed);
+    if (nap <= 0 || nap > average)
+        nap = average - average / 4; /* a first guess; the average includes
+                                        the wake-ups a nap is to save */
+    *poll_ns = KB_NAP_POLL_NS < max_ns ? KB_NAP_POLL_NS : max_ns;
+    return nap;
+}
+
+void kb_nap_record(struct kb_spin *s, long long nap_ns, long long polled_ns)
+{
+    atomic_fetch_add_explicit(&naps, 1, memory_order_relaxed);
+    if (polled_ns >= 0)
+        atomic_fetch_add_explicit(&naps_woken_by_timer, 1,
+                                  memory_order_relaxed);
+    long long step =
+        polled_ns < 0 ? -NAP_STEP_NS : (polled_ns - NAP_AIM_NS) / 4;
+    if (step > 2 * NAP_STEP_NS)
+        step = 2 * NAP_STEP_NS; /* one slow answer is not a new pace */
+    long long nap = nap_ns + step;
+    atomic_store_explicit(&s->nap_ns, nap > NAP_STEP_NS ? nap : NAP_STEP_NS,
+                          memory_order_relaxed);
+}
+
+void kb_nap_counts(struct kb_nap_counts *out)
+{
+    out->naps = atomic_load(&naps);
+    out->woken_by_timer = atomic_load(&naps_woken_by_timer);
+    out->no_free_core = atomic_load(&naps_no_free_core);
+}
+
 #define KB_SPIN_YIELD_NS 10000 /* between yields while polling memory */
 
 static inline void cpu_relax(void)

@@ -4,7 +4,8 @@
  * frames, one at a time, from the calling thread through the bridge channel
  * to the KeyService worker (kmsbridge.load() must have started it) and
  * returns a Float64Array of the round-trip time of each, in nanoseconds;
- * bridgeStats() says how the worker waited for them.
+ * bridgeStats() says how the worker waited for them, napStats() how the agent
+ * channel waited for its slower replies.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "addon.h"
 #include "channel.h"
+#include "spin.h"
 #include "wire.h"
 
 #define MAX_PINGS 1000000u
@@ -78,6 +80,29 @@ static napi_value bridge_stats(napi_env env, napi_callback_info info)
     return result;
 }
 
+/* napStats() -> { naps, wokenByTimer, noFreeCore }: how this process's
+ * agent channel waited for replies too slow to poll for (spin.h). */
+static napi_value nap_stats(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    struct kb_nap_counts n;
+    kb_nap_counts(&n);
+    const struct {
+        const char *name;
+        unsigned long long value;
+    } fields[] = {{"naps", n.naps},
+                  {"wokenByTimer", n.woken_by_timer},
+                  {"noFreeCore", n.no_free_core}};
+    napi_value result, v;
+    if (napi_create_object(env, &result) != napi_ok)
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (napi_create_double(env, (double)fields[i].value, &v) != napi_ok ||
+            napi_set_named_property(env, result, fields[i].name, v) != napi_ok)
+            return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    return result;
+}
+
 napi_status bench_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
@@ -85,6 +110,7 @@ napi_status bench_register(napi_env env, napi_value exports)
          NULL},
         {"bridgeStats", NULL, bridge_stats, NULL, NULL, NULL, napi_default,
          NULL},
+        {"napStats", NULL, nap_stats, NULL, NULL, NULL, napi_default, NULL},
     };
     return napi_define_properties(env, exports,
                                   sizeof(props) / sizeof(props[0]), props);
