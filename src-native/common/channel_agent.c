@@ -302,8 +302,12 @@ static void no_agent(struct agent_channel *ch, struct kb_err *err, int e)
 }
 
 /*
- * One round trip on |fd|: writes |frame|, reads the reply with the same id.
- * |sent| tells whether the request left this process (for retry decisions).
+ * One round trip on |c|: writes |frame|, reads the reply with the same id.
+ * |retryable| tells whether the request may be sent again on a fresh
+ * connection. HELLO, a new connection's first frame, is answered by the
+ * agent's JavaScript and says nothing of how long requests take: it is
+ * neither polled for nor counted (a short-lived process would otherwise nap
+ * for its first signatures).
  */
 static int round_trip(struct agent_channel *ch, struct conn *c,
                       const uint8_t *frame, size_t len, long long deadline,
@@ -319,8 +323,11 @@ static int round_trip(struct agent_channel *ch, struct conn *c,
     enum io_result r;
 
     *retryable = 0;
-    struct wait_plan plan = {kb_spin_budget(&ch->spin), 0, 0, 0};
-    if (plan.spin_ns == 0)
+    int counted = type != KB_MSG_HELLO;
+    struct wait_plan plan = {0, 0, 0, 0};
+    if (counted)
+        plan.spin_ns = kb_spin_budget(&ch->spin);
+    if (counted && plan.spin_ns == 0)
         plan.nap_ns = kb_nap_budget(&ch->spin, &plan.nap_poll_ns);
     long long sent_at = kb_now_ns();
     r = write_all(c->fd, frame, len, deadline);
@@ -331,7 +338,7 @@ static int round_trip(struct agent_channel *ch, struct conn *c,
         if (r == IO_EOF || (r == IO_ERROR && errno == ECONNRESET))
             *retryable = 1; /* closed before answering anything */
     }
-    if (r == IO_OK) {
+    if (r == IO_OK && counted) {
         long long answered = kb_now_ns();
         kb_spin_record(&ch->spin, answered - sent_at);
         if (plan.woke_ns != 0)
