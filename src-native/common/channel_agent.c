@@ -227,9 +227,12 @@ static enum io_result nap(struct conn *c, uint8_t *p, size_t max, size_t *got,
                           long long poll_ns, long long *woke_ns)
 {
     *woke_ns = 0;
-    if (c->timer_fd < 0)
+    if (c->timer_fd == -1) { /* -2: could not be made, no naps on |c| */
         c->timer_fd =
             timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (c->timer_fd < 0)
+            c->timer_fd = -2;
+    }
     /* A timerfd, not poll()'s own timeout: that one may fire 50 µs late
      * (the thread's timer slack), which is all a nap is to save. */
     struct itimerspec at = {
