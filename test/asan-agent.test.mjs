@@ -99,24 +99,27 @@ if (!build) {
         'and every one verifies',
       );
 
-      // A key on the token: four peers at once, so that several serving threads sign inside the module.
+      // Four peers at once, so that several serving threads sign with one
+      // grant: on the contexts a local key's grant keeps, and inside the
+      // PKCS#11 module with sessions of their own.
+      const fourPeers = async (key, pub, name) => {
+        const peers = await Promise.all([0, 1, 2, 3].map(() => raw(box.socket)));
+        for (const p of peers) p.s.write(Buffer.concat([hello(1), signFrame(2, key, 'first')]));
+        await Promise.all(peers.map((p) => p.until(2, 60_000)));
+        await new Promise((r) => setTimeout(r, 200));
+        peers.forEach((p, i) => p.s.write(Buffer.concat(Array.from({ length: 100 }, (_, k) => signFrame(k + 3, key, `${name}${i}-${k + 3}`)))));
+        const replies = await Promise.all(peers.map((p) => p.until(102, 120_000)));
+        for (const p of peers) p.s.destroy();
+        return replies.every((r, i) =>
+          [...r.values()]
+            .filter((f) => f.id > 2)
+            .every((f) => crypto.verify('sha256', Buffer.from(`${name}${i}-${f.id}`), pub, f.fields.find((x) => x.tag === Tag.RESULT).value)),
+        );
+      };
+      t.ok(await fourPeers(ec, ecPub, 'l'), "four peers signing with a local key's grant at once: 400 signatures verify");
       const hsm = cliOk(t, box, ['keys', 'create', 'hsm-ec', '--keyring', 'hsm', '--type', 'ec-p256']).trim();
       const hsmPub = cliOk(t, box, ['keys', 'export', hsm]);
-      const peers = await Promise.all([0, 1, 2, 3].map(() => raw(box.socket)));
-      for (const p of peers) p.s.write(Buffer.concat([hello(1), signFrame(2, hsm, 'first')]));
-      await Promise.all(peers.map((p) => p.until(2, 60_000)));
-      await new Promise((r) => setTimeout(r, 200));
-      peers.forEach((p, i) => p.s.write(Buffer.concat(Array.from({ length: 100 }, (_, k) => signFrame(k + 3, hsm, `h${i}-${k + 3}`)))));
-      const onToken = await Promise.all(peers.map((p) => p.until(102, 120_000)));
-      t.ok(
-        onToken.every((replies, i) =>
-          [...replies.values()]
-            .filter((f) => f.id > 2)
-            .every((f) => crypto.verify('sha256', Buffer.from(`h${i}-${f.id}`), hsmPub, f.fields.find((x) => x.tag === Tag.RESULT).value)),
-        ),
-        'four peers signing on the token at once: 400 signatures verify',
-      );
-      for (const p of peers) p.s.destroy();
+      t.ok(await fourPeers(hsm, hsmPub, 'h'), 'four peers signing on the token at once: 400 signatures verify');
 
       // One byte at a time.
       const slow = await raw(box.socket);
