@@ -218,6 +218,48 @@ t.test('a caller whose replies take a few hundred µs naps, then polls; not with
   t.same(off.naps, { naps: 0, wokenByTimer: 0, noFreeCore: 0 }, 'with KMSBRIDGE_POLL_US=0 no wait napped');
 });
 
+// Signs with an RSA-3072 key until its waits nap, then stops the agent
+// (SIGSTOP: it keeps the connection and answers nothing) and signs once
+// more; prints how that ended and how long it took, and resumes the agent.
+const NAP_TIMEOUT = `
+import crypto from 'node:crypto';
+import { createRequire } from 'node:module';
+const require = createRequire(${JSON.stringify(path.join(ROOT, 'dist') + '/')});
+const { native } = require('./native.js');
+const { default: kmsbridge } = await import(${JSON.stringify(path.join(ROOT, 'dist', 'index.js'))});
+const [socket, uri, agentPid, timeoutMs] = process.argv.slice(2);
+const kb = await kmsbridge.load({ agent: socket, timeoutMs: Number(timeoutMs) });
+const key = kb.privateKey(uri);
+const n0 = native().napStats();
+for (let i = 0; i < 30; i++) crypto.sign('sha256', Buffer.from('warm ' + i), key);
+const n1 = native().napStats();
+process.kill(Number(agentPid), 'SIGSTOP');
+const w0 = process.hrtime.bigint();
+let error = null;
+try {
+  crypto.sign('sha256', Buffer.from('stopped'), key);
+} catch (err) {
+  error = err.message;
+}
+const ms = Number(process.hrtime.bigint() - w0) / 1e6;
+process.kill(Number(agentPid), 'SIGCONT');
+console.log(JSON.stringify({ napsBefore: n1.naps - n0.naps, noFreeCoreBefore: n1.noFreeCore - n0.noFreeCore, error, ms }));
+`;
+
+t.test('a napping caller still gives up at its timeout when the agent stops answering', async (t) => {
+  const box = sandbox(t);
+  const agent = await startAgent(t, box);
+  t.teardown(() => agent.child.exitCode === null && agent.child.kill('SIGCONT'));
+  const uri = cliOk(t, box, ['keys', 'create', 'stopper', '--keyring', 'local', '--type', 'rsa-3072']).trim();
+  const out = runProgram(t, box, 'nap-timeout.mjs', NAP_TIMEOUT, [box.socket, uri, agent.child.pid, 500]);
+  t.ok(out.napsBefore + out.noFreeCoreBefore >= 20, `the waits before were naps (${out.napsBefore}, ${out.noFreeCoreBefore} found no core free)`);
+  t.match(out.error, /kmsbridge.*agent timed out/, 'the signature failed with the agent timeout');
+  t.ok(out.ms >= 450 && out.ms < 5000, `after ${Math.round(out.ms)} ms`);
+  // The agent, resumed, still answers.
+  const pub = cliOk(t, box, ['keys', 'export', uri]);
+  t.match(pub, /BEGIN PUBLIC KEY/, 'the resumed agent answers');
+});
+
 // The N-API bridge (src-native/node/bridge.c): the in-process KeyService
 // worker's event loop polls for the next request before it sleeps. Requests
 // are PING frames through the real bridge and worker (the addon's
