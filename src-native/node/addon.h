@@ -16,7 +16,8 @@ napi_status serve_register(napi_env env, napi_value exports);
 napi_status bridge_register(napi_env env, napi_value exports);
 napi_status register_register(napi_env env, napi_value exports);
 /* Benchmark hooks (bench.c): channelPing(count), the bridge's own round
- * trip; bridgeStats(), how its worker waited. */
+ * trip; bridgeStats(), how its worker waited; napStats(), how the agent
+ * channel napped. */
 napi_status bench_register(napi_env env, napi_value exports);
 
 /* local_crypto.c: signatures of one shape with one key, on the calling

@@ -65,19 +65,34 @@ static napi_value channel_ping(napi_env env, napi_callback_info info)
     return result;
 }
 
+/* A counter a stats object names. */
+struct counter {
+    const char *name;
+    unsigned long long value;
+};
+
+/* An object of |n| named counters. */
+static napi_value counters_object(napi_env env, const struct counter *c,
+                                  size_t n)
+{
+    napi_value result, v;
+    if (napi_create_object(env, &result) != napi_ok)
+        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    for (size_t i = 0; i < n; i++)
+        if (napi_create_double(env, (double)c[i].value, &v) != napi_ok ||
+            napi_set_named_property(env, result, c[i].name, v) != napi_ok)
+            return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
+    return result;
+}
+
 /* bridgeStats() -> { workerPolls }: how many times the KeyService worker's
  * loop polled for a request instead of sleeping at once (spin.h's policy,
  * KMSBRIDGE_POLL_US). */
 static napi_value bridge_stats(napi_env env, napi_callback_info info)
 {
     (void)info;
-    napi_value result, polls;
-    if (napi_create_object(env, &result) != napi_ok ||
-        napi_create_double(env, (double)bridge_worker_polls(), &polls) !=
-            napi_ok ||
-        napi_set_named_property(env, result, "workerPolls", polls) != napi_ok)
-        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
-    return result;
+    const struct counter c[] = {{"workerPolls", bridge_worker_polls()}};
+    return counters_object(env, c, sizeof(c) / sizeof(c[0]));
 }
 
 /* napStats() -> { naps, wokenByTimer, noFreeCore }: how this process's
@@ -87,20 +102,10 @@ static napi_value nap_stats(napi_env env, napi_callback_info info)
     (void)info;
     struct kb_nap_counts n;
     kb_nap_counts(&n);
-    const struct {
-        const char *name;
-        unsigned long long value;
-    } fields[] = {{"naps", n.naps},
-                  {"wokenByTimer", n.woken_by_timer},
-                  {"noFreeCore", n.no_free_core}};
-    napi_value result, v;
-    if (napi_create_object(env, &result) != napi_ok)
-        return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-        if (napi_create_double(env, (double)fields[i].value, &v) != napi_ok ||
-            napi_set_named_property(env, result, fields[i].name, v) != napi_ok)
-            return addon_throw(env, "ERR_NO_MEMORY", "out of memory");
-    return result;
+    const struct counter c[] = {{"naps", n.naps},
+                                {"wokenByTimer", n.woken_by_timer},
+                                {"noFreeCore", n.no_free_core}};
+    return counters_object(env, c, sizeof(c) / sizeof(c[0]));
 }
 
 napi_status bench_register(napi_env env, napi_value exports)
