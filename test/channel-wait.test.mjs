@@ -209,6 +209,8 @@ t.test('a caller whose replies take a few hundred µs naps, then polls; not with
   // caller before most replies (three in four here).
   const n = on.naps;
   t.ok(n.naps + n.noFreeCore >= COUNT * 0.9, `${n.naps} of ${COUNT} waits napped, ${n.noFreeCore} found no core free`);
+  // A nap whose timer never fired would sleep until every reply, as before.
+  t.ok(n.wokenByTimer >= n.naps / 4, `the timer woke the caller before ${n.wokenByTimer} of ${n.naps} replies`);
   // A nap that turned into polling through the wait would use about as much
   // CPU as the waits last (the signatures' own cost in Node is 100–200 µs).
   t.ok(
