@@ -6,23 +6,28 @@
 // of any length) is checked against the public key pkcs11-tool reads off the token,
 // by node:crypto and, for one of each kind, by the system openssl. A key
 // deleted through kmsbridge or behind its back, and a closing agent, end the
-// grants: nothing is signed with a key that is gone.
+// grants: nothing is signed with a key that is gone. A busy token's overflow
+// waits for a place inside the module rather than going to JavaScript.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { formatRunTimes, runTimes, since } from './lib/proc.mjs';
+import { MODULES, ROOT } from './provider-harness.mjs';
 import { SOFTHSM_LIB, makeToken, p11Selector, p11toolOk, readPublicKeyPem } from './lib/softhsm.mjs';
 import { AgentClient } from '../dist/agent/client.js';
 import { native } from '../dist/native.js';
 import { MsgType, Tag } from '../dist/wire/codec.js';
 
+const STRESS = path.join(ROOT, 'build', 'native-tests', 'provider_stress');
 const token = makeToken(t, { label: 'kmsbridge-grants' });
 const keyrings = { hsm: { type: 'pkcs11', library: SOFTHSM_LIB, token_label: token.label, pin_env: 'KMSBRIDGE_TEST_HSM_PIN', max_sessions: 4 } };
 const env = { ...token.env, KMSBRIDGE_TEST_HSM_PIN: token.pin };
 
-async function world(t) {
-  const box = sandbox(t, { keyrings });
+async function world(t, more = {}) {
+  const box = sandbox(t, { keyrings: { ...keyrings, ...more } });
   box.env = { ...box.env, ...env };
   const agent = await startAgent(t, box);
   const client = await AgentClient.connect(box.socket, { timeoutMs: 30_000 });
@@ -172,4 +177,24 @@ t.test('the grant table takes PKCS#11 grants only for an agent peer, on a module
     'a module this process has not loaded: refused, not loaded',
   );
   t.equal(addon.pkcs11Quiesce(SOFTHSM_LIB, 10), true, 'no thread inside a module never used');
+});
+
+t.test("a busy token's overflow waits for a place inside the module instead of going to JavaScript", async (t) => {
+  const w = await world(t);
+  const key = w.create('busy', 'ec-p256');
+  const sign = signer(w.client, key.uri, 'ecdsa');
+  await sign('first');
+  await new Promise((r) => setTimeout(r, 150));
+  // An OpenSSL application with 16 threads signing through the provider: more
+  // requests at once than the serving threads may have inside the module.
+  const outdir = w.box.file('stress');
+  fs.mkdirSync(outdir);
+  const pid = w.agent.child.pid;
+  const before = runTimes(pid);
+  const r = spawnSync(STRESS, ['threads', MODULES, outdir, key.uri, key.uri, '16', '250'], { env: w.box.env, encoding: 'utf8', timeout: 240_000 });
+  const ran = since(before, runTimes(pid));
+  t.equal(r.status, 0, `16 threads × 250 signatures, each verified by the program: ${r.stdout.slice(-500)}${r.stderr}`);
+  opensslOk(t, ['dgst', '-sha256', '-verify', key.pubFile, '-signature', path.join(outdir, 'thread-7-own.sig'), path.join(outdir, 'thread-7-own.msg')]);
+  t.ok(ran.main < ran.serving / 10, `the serving threads made them, JavaScript did not take the overflow (${formatRunTimes(ran)})`);
+  t.equal(w.audited().length, 16 * 250 + 1, 'one audit line each');
 });

@@ -59,8 +59,9 @@ struct p11_key {
 };
 /* The module at |path| that the backend loaded (never loads one itself). */
 struct p11_module *p11_module_find(const char *path, char *err, size_t errlen);
-/* 1 if fewer than |max_inside| threads are inside the module (this one now
- * counts), 0 if the caller must leave the request to the KeyService. */
+/* 1 once fewer than |max_inside| threads are inside the module (this one now
+ * counts; a full module is waited for, briefly), 0 if the caller must leave
+ * the request to the KeyService. */
 int p11_module_enter(struct p11_module *m, int max_inside);
 void p11_module_leave(struct p11_module *m);
 /* 1 with an OPENSSL_malloc'ed signature (DER for ECDSA), 0 on any error.

@@ -14,14 +14,22 @@
  * KeyService, which answers, recovers and reports as it always does.
  *
  * A token that hangs must not take every serving thread with it: at most
- * |max_inside| threads are inside one module at a time; the others hand
- * their requests to the KeyService, whose per-keyring timeout answers the
- * client. Before the backend finalizes the module it revokes its grants and
- * waits for the threads inside to leave (pkcs11Quiesce).
+ * |max_inside| threads are inside one module at a time. A thread that finds
+ * the module full waits for a place, for about two signatures' time (the
+ * JavaScript route costs several times more CPU than the wait, so sending a
+ * busy token's overflow there lowered throughput: docs/bench/notes.md); if
+ * none frees in time the module counts as stalled and, until a thread comes
+ * out of it, requests go to the KeyService at once, whose per-keyring timeout
+ * answers the client. So a hung token costs the serving threads one bounded
+ * wait, not every request. Before the backend finalizes the module it
+ * revokes its grants and waits for the threads inside to leave
+ * (pkcs11Quiesce).
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +44,15 @@
 #include <p11-kit/pkcs11.h>
 
 #include "addon.h"
+#include "spin.h"
 
 #define MAX_MODULES 8
 #define MAX_IDLE 8         /* at least the most threads inside at once */
 #define MAX_SIGNATURE 1024 /* RSA-8192 */
+/* Bounds of the wait for a place in a full module (twice the module's
+ * average signature, within these). */
+#define PLACE_WAIT_MIN_NS 1000000LL
+#define PLACE_WAIT_MAX_NS 20000000LL
 
 struct idle_session {
     CK_SLOT_ID slot;
@@ -51,6 +64,11 @@ struct p11_module {
     void *dl; /* our reference: the code stays mapped while a thread runs it */
     CK_FUNCTION_LIST_PTR fl;
     atomic_int inside;
+    atomic_int waiting;         /* threads waiting for a place inside */
+    atomic_bool stalled;        /* a wait timed out; no thread left since */
+    atomic_llong sign_ns;       /* moving average of one signature */
+    pthread_mutex_t place_lock; /* with place_freed: the waits for a place */
+    pthread_cond_t place_freed;
     pthread_mutex_t idle_lock;
     struct idle_session idle[MAX_IDLE];
     size_t nidle;
@@ -104,6 +122,15 @@ struct p11_module *p11_module_find(const char *path, char *err, size_t errlen)
     m->dl = dl;
     m->fl = fl;
     atomic_init(&m->inside, 0);
+    atomic_init(&m->waiting, 0);
+    atomic_init(&m->stalled, false);
+    atomic_init(&m->sign_ns, 0);
+    pthread_mutex_init(&m->place_lock, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->place_freed, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     pthread_mutex_init(&m->idle_lock, NULL);
     m->nidle = 0;
 out:
@@ -111,19 +138,64 @@ out:
     return m;
 }
 
-int p11_module_enter(struct p11_module *m, int max_inside)
+static int take_place(struct p11_module *m, int max_inside)
 {
-    if (max_inside > MAX_IDLE)
-        max_inside = MAX_IDLE;
     if (atomic_fetch_add(&m->inside, 1) < max_inside)
         return 1;
     atomic_fetch_sub(&m->inside, 1);
     return 0;
 }
 
+static struct timespec deadline_after(long long ns)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    ns += t.tv_nsec;
+    t.tv_sec += (time_t)(ns / 1000000000LL);
+    t.tv_nsec = (long)(ns % 1000000000LL);
+    return t;
+}
+
+int p11_module_enter(struct p11_module *m, int max_inside)
+{
+    if (max_inside > MAX_IDLE)
+        max_inside = MAX_IDLE;
+    if (take_place(m, max_inside))
+        return 1;
+    if (atomic_load(&m->stalled))
+        return 0;
+    long long wait_ns =
+        2 * atomic_load_explicit(&m->sign_ns, memory_order_relaxed);
+    wait_ns = wait_ns < PLACE_WAIT_MIN_NS   ? PLACE_WAIT_MIN_NS
+              : wait_ns > PLACE_WAIT_MAX_NS ? PLACE_WAIT_MAX_NS
+                                            : wait_ns;
+    const struct timespec deadline = deadline_after(wait_ns);
+    int entered = 0, timed_out = 0;
+    pthread_mutex_lock(&m->place_lock);
+    /* |waiting| is raised before trying again and |inside| lowered before a
+     * leaver reads |waiting| (both sequentially consistent): either the
+     * leaver signals or this try sees the place it freed. */
+    atomic_fetch_add(&m->waiting, 1);
+    while (!(entered = take_place(m, max_inside)) && !timed_out)
+        timed_out = pthread_cond_timedwait(&m->place_freed, &m->place_lock,
+                                           &deadline) == ETIMEDOUT;
+    atomic_fetch_sub(&m->waiting, 1);
+    pthread_mutex_unlock(&m->place_lock);
+    if (!entered)
+        atomic_store(&m->stalled, true);
+    return entered;
+}
+
 void p11_module_leave(struct p11_module *m)
 {
     atomic_fetch_sub(&m->inside, 1);
+    if (atomic_load_explicit(&m->stalled, memory_order_relaxed))
+        atomic_store(&m->stalled, false);
+    if (atomic_load(&m->waiting) > 0) {
+        pthread_mutex_lock(&m->place_lock);
+        pthread_cond_signal(&m->place_freed);
+        pthread_mutex_unlock(&m->place_lock);
+    }
 }
 
 /* ---- sessions ---------------------------------------------------------------
@@ -290,6 +362,7 @@ int p11_sign(struct p11_module *m, const struct p11_key *key,
         OPENSSL_free(info);
         return 0;
     }
+    const long long started = kb_now_ns();
     int healthy =
         fl->C_SignInit(session, &mech, key->object) == CKR_OK &&
         fl->C_Sign(session, (CK_BYTE_PTR)in, in_len, sig, &sig_len) == CKR_OK;
@@ -301,6 +374,14 @@ int p11_sign(struct p11_module *m, const struct p11_key *key,
         ok = *out != NULL;
     }
     give_session(m, key->slot, session, healthy);
+    if (healthy) {
+        /* a racy moving average (1/8 new) is all the wait bound needs */
+        long long avg = atomic_load_explicit(&m->sign_ns, memory_order_relaxed);
+        long long took = kb_now_ns() - started;
+        atomic_store_explicit(&m->sign_ns,
+                              avg == 0 ? took : avg + (took - avg) / 8,
+                              memory_order_relaxed);
+    }
     OPENSSL_cleanse(sig, sizeof(sig));
     OPENSSL_free(info);
     return ok;
