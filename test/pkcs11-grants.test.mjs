@@ -7,9 +7,11 @@
 // by node:crypto and, for one of each kind, by the system openssl. A key
 // deleted through kmsbridge or behind its back, and a closing agent, end the
 // grants: nothing is signed with a key that is gone. A busy token's overflow
-// waits for a place inside the module rather than going to JavaScript.
+// waits for a place inside the module rather than going to JavaScript. A
+// token that hangs (SoftHSM2 blocked on its own file lock, held by another
+// process) costs the agent neither PING, nor new connections, nor local keys.
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -197,4 +199,83 @@ t.test("a busy token's overflow waits for a place inside the module instead of g
   opensslOk(t, ['dgst', '-sha256', '-verify', key.pubFile, '-signature', path.join(outdir, 'thread-7-own.sig'), path.join(outdir, 'thread-7-own.msg')]);
   t.ok(ran.main < ran.serving / 10, `the serving threads made them, JavaScript did not take the overflow (${formatRunTimes(ran)})`);
   t.equal(w.audited().length, 16 * 250 + 1, 'one audit line each');
+});
+
+/** Holds an fcntl write lock on |file| (SoftHSM2 takes a read lock on its token's generation file for every operation) until release(). */
+async function holdLock(t, file) {
+  // python3 is there wherever node-gyp builds the addon; Node itself has no fcntl locks.
+  const child = spawn(
+    'python3',
+    ['-c', 'import fcntl,sys\nf=open(sys.argv[1],"r+b")\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint("locked",flush=True)\nsys.stdin.read()', file],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
+  const exited = new Promise((r) => child.once('exit', r));
+  t.teardown(() => (child.kill(), exited));
+  await new Promise((resolve, reject) => {
+    child.stdout.once('data', (d) => (String(d).includes('locked') ? resolve() : reject(new Error(`lock holder said ${d}`))));
+    child.once('exit', (code) => reject(new Error(`lock holder exited ${code}`)));
+  });
+  return () => (child.stdin.end(), exited);
+}
+
+t.test('a token that hangs costs the agent neither PING nor local keys; it signs again once it answers', async (t) => {
+  // the token keyring's timeout below the clients' own, so that the KeyService's answer is seen
+  const hsmTimeoutMs = 1500;
+  const w = await world(t, { hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs }, local: { type: 'local' } });
+  const key = w.create('hangs', 'ec-p256');
+  const localUri = cliOk(t, w.box, ['keys', 'create', 'beside', '--keyring', 'local', '--type', 'ec-p256']).trim();
+  const localPub = crypto.createPublicKey(cliOk(t, w.box, ['keys', 'export', localUri]));
+  const signHsm = signer(w.client, key.uri, 'ecdsa');
+  const signLocal = signer(w.client, localUri, 'ecdsa');
+  await signHsm('warm up');
+  await signLocal('warm up');
+  await new Promise((r) => setTimeout(r, 150));
+
+  const tokenDir = fs
+    .readdirSync(path.join(token.dir, 'tokens'))
+    .map((d) => path.join(token.dir, 'tokens', d))
+    .find((d) => fs.existsSync(path.join(d, 'generation')));
+  const release = await holdLock(t, path.join(tokenDir, 'generation'));
+  // One connection per request, so that every serving thread that may enter the module does, and blocks there.
+  const hung = await Promise.all(Array.from({ length: 6 }, () => AgentClient.connect(w.box.socket, { timeoutMs: 8000 })));
+  t.teardown(() => hung.forEach((c) => c.close()));
+  let settled = 0;
+  let firstDone;
+  const firstSettled = new Promise((r) => (firstDone = r));
+  const signHung = hung.map((c) => signer(c, key.uri, 'ecdsa'));
+  const pending = signHung.map((sign, i) =>
+    sign(`while hung ${i}`)
+      .then(
+        (sig) => ({ sig, msg: `while hung ${i}` }),
+        (err) => ({ err }),
+      )
+      .finally(() => ++settled === 1 && firstDone()),
+  );
+  await new Promise((r) => setTimeout(r, 800)); // well inside the keyring's timeout
+  const fresh = await AgentClient.connect(w.box.socket, { timeoutMs: 8000 });
+  t.teardown(() => fresh.close());
+  await fresh.request(MsgType.PING, []);
+  const msg = 'beside a hung token';
+  t.ok(crypto.verify('sha256', Buffer.from(msg), localPub, await signer(fresh, localUri, 'ecdsa')(msg)), 'a local key signs while the token hangs');
+  t.equal(settled, 0, 'PING and the local key were answered while every request to the token was still waiting');
+
+  // Threads inside the module wait there; a request beyond them goes to the KeyService, whose timeout answers it.
+  const answered = await Promise.race([firstSettled.then(() => true), new Promise((r) => setTimeout(r, hsmTimeoutMs + 3000, false))]);
+  t.ok(answered, 'a request to the hung token is answered while the token hangs');
+  release();
+  const all = await Promise.all(pending);
+  t.ok(
+    all.every((a) => (a.sig ? crypto.verify('sha256', Buffer.from(a.msg), key.pub, a.sig) : /timed out|did not answer/.test(a.err.message))),
+    `every request to the hung token got a valid signature or a timeout (${all.map((a) => (a.sig ? 'signed' : a.err.message)).join('; ')})`,
+  );
+  t.ok(
+    all.some((a) => a.err && /hsm/.test(a.err.message)),
+    'the KeyService answered with its timeout, naming the keyring',
+  );
+  for (let i = 0; i < 20; i++) {
+    const m = `after ${i}`;
+    t.ok(crypto.verify('sha256', Buffer.from(m), key.pub, await signHsm(m)), `the token signs again (${i})`, { diagnostic: false });
+  }
 });

@@ -80,6 +80,10 @@
 #define OUT_LIMIT (1u << 20)   /* unsent reply bytes before reading stops */
 #define BATCH_LIMIT (1u << 20) /* bytes of frames per event to JavaScript */
 #define IDLE_CHECK_MS 1000 /* a thread looks for a stop at least this often */
+/* One ready connection per wake-up: a thread holding a batch would keep the
+ * rest waiting behind its own request, for as long as a token takes to
+ * answer it (forever, if the token hangs). */
+#define EVENTS_PER_WAIT 1
 
 struct conn {
     uint32_t id;
@@ -582,12 +586,12 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
 static void *serve_thread(void *arg)
 {
     struct server *s = arg;
-    struct epoll_event evs[16];
+    struct epoll_event evs[EVENTS_PER_WAIT];
     uint8_t *chunk = malloc(READ_CHUNK);
     if (chunk == NULL)
         return NULL; /* the other threads serve */
     while (!atomic_load(&s->stopping)) {
-        int n = epoll_wait(s->epfd, evs, 16, IDLE_CHECK_MS);
+        int n = epoll_wait(s->epfd, evs, EVENTS_PER_WAIT, IDLE_CHECK_MS);
         for (int i = 0; i < n && !atomic_load(&s->stopping); i++) {
             if (evs[i].data.u64 == WAKE_ID)
                 continue;

@@ -9,7 +9,8 @@ export type BackendFactory = (cfg: KeyringConfig) => Backend;
 export const BACKENDS: Record<string, BackendFactory> = {
   local: (cfg) => new LocalBackend(cfg),
   aws: (cfg) => new (require('./aws.js') as typeof import('./aws.js')).AwsBackend(cfg), // loaded on first use: the AWS SDK is heavy
-  pkcs11: (cfg) => new (require('./pkcs11.js') as typeof import('./pkcs11.js')).Pkcs11Backend(cfg), // loads the PKCS#11 binding on first use
+  // on the token thread, which loads the PKCS#11 binding on first use
+  pkcs11: (cfg) => new (require('./pkcs11/thread-client.js') as typeof import('./pkcs11/thread-client.js')).TokenThreadBackend(cfg),
 };
 
 export function createBackend(cfg: KeyringConfig, factories: Record<string, BackendFactory> = BACKENDS): Backend {

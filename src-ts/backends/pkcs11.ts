@@ -92,15 +92,28 @@ interface CachedKey {
   gen: number;
 }
 
+let poolAllowed = isMainThread;
+
 /**
- * Whether a slow token call may go to libuv's thread pool. In the agent (the
- * main thread) it may, so one slow HSM does not stall the others. In the
- * in-process worker it must not: the application's own async crypto calls on
- * kms: keys can hold every pool thread while they wait for this worker, and a
- * call queued behind them would never run.
+ * Whether a slow token call may go to libuv's thread pool. For the agent it
+ * may, so one slow HSM does not stall the others. For the in-process worker
+ * it must not: the application's own async crypto calls on kms: keys can
+ * hold every pool thread while they wait for that worker, and a call queued
+ * behind them would never run. The token thread (pkcs11/thread.ts) says
+ * which of the two it serves.
  */
 function onPool(s: { threadSafe: boolean }): boolean {
-  return s.threadSafe && isMainThread;
+  return s.threadSafe && poolAllowed;
+}
+
+export function allowPool(allowed: boolean): void {
+  poolAllowed = allowed;
+}
+
+/** What the token thread learns from a backend it hosts. */
+export interface Pkcs11Hooks {
+  /** Grants made for this keyring may name void sessions or handles from now on. */
+  grantsVoided?: () => void;
 }
 
 export class Pkcs11Backend implements Backend {
@@ -113,13 +126,17 @@ export class Pkcs11Backend implements Backend {
   private granted = false;
   private closed = false;
 
-  constructor(private readonly cfg: KeyringConfig) {
+  constructor(
+    private readonly cfg: KeyringConfig,
+    private readonly hooks: Pkcs11Hooks = {},
+  ) {
     this.settings = settingsOf(cfg);
     // Sessions and handles void (token reset, fork, re-initialization): so are the grants naming them.
     this.token = new Token({ keyring: cfg.name, ...this.settings }, () => this.revokeGrants());
   }
 
   private revokeGrants(): void {
+    this.hooks.grantsVoided?.();
     if (this.granted) native().revokeKeyringGrants(this.cfg.name);
   }
 

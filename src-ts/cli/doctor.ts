@@ -11,7 +11,8 @@ import { Command } from 'commander';
 import { loadConfig, type KeyringConfig } from '../config.js';
 import { createBackend } from '../backends/index.js';
 import { LocalBackend } from '../backends/local.js';
-import { Pkcs11Backend, type Pkcs11Report } from '../backends/pkcs11.js';
+import type { Pkcs11Report } from '../backends/pkcs11.js';
+import { TokenThreadBackend } from '../backends/pkcs11/thread-client.js';
 import type { Backend } from '../backends/backend.js';
 import type { GlobalOptions } from './main.js';
 
@@ -47,7 +48,7 @@ function pkcs11Lines(r: Pkcs11Report): string[] {
 async function keyringLines(cfg: KeyringConfig, backend: Backend, opts: { login: boolean; timeoutMs: number }): Promise<string[]> {
   const lines = [`keyring ${cfg.name} (${cfg.type})`];
   const signal = AbortSignal.timeout(opts.timeoutMs);
-  if (backend instanceof Pkcs11Backend) {
+  if (backend instanceof TokenThreadBackend) {
     lines.push(...pkcs11Lines(await backend.doctor(signal, { login: opts.login })));
     return lines;
   }

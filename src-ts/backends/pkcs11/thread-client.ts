@@ -1,0 +1,185 @@
+/**
+ * A PKCS#11 keyring as the KeyService sees it: the backend itself
+ * (pkcs11.ts) runs on the token thread (thread-host.ts), one worker per
+ * process shared by every PKCS#11 keyring, as the library is initialized once
+ * per process.
+ *
+ * Why a thread of its own: most PKCS#11 calls are synchronous (pkcs11js has
+ * no asynchronous C_SignInit, C_FindObjects, C_OpenSession or C_Login), and
+ * a token that stops answering blocks the thread that calls it. Made from
+ * the agent's event loop, such a call stopped the whole agent: no HELLO for
+ * new connections, no local keys, not even the keyring's own timeout
+ * (SoftHSM2 blocked on its file lock showed it). Here a hung token holds the
+ * token thread and the calls queued behind it, which the KeyService's timeout
+ * answers; everything else goes on.
+ */
+import path from 'node:path';
+import { SHARE_ENV, Worker, isMainThread } from 'node:worker_threads';
+import { ErrorCode, KmsError } from '../../errors.js';
+import type { KeyringConfig } from '../../config.js';
+import type { DecryptRequest, KeySpec, SignRequest } from '../../types.js';
+import type { Backend, BackendKeyDescription, BackendKeySummary, GrantOptions, Pkcs11Grant, Progress } from '../backend.js';
+import type { Pkcs11Report } from './report.js';
+import { settingsOf } from './settings.js';
+
+export type Method = 'describe' | 'sign' | 'decrypt' | 'derive' | 'random' | 'grant' | 'create' | 'list' | 'delete' | 'protectionSummary' | 'doctor' | 'close';
+
+export type Request =
+  | { t: 'open'; ring: string; cfg: KeyringConfig; voided: SharedArrayBuffer }
+  | { t: 'call'; id: number; ring: string; method: Method; args: unknown[] }
+  | { t: 'abort'; id: number };
+
+export interface SerializedError {
+  code: ErrorCode;
+  message: string;
+}
+
+export type Reply =
+  { t: 'result'; id: number; value: unknown } | { t: 'error'; id: number; error: SerializedError } | { t: 'progress'; id: number; message: string };
+
+/** Buffers cross threads as plain Uint8Arrays: made Buffers again (the bytes are not copied). */
+export function asBuffers(v: unknown): unknown {
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  if (Array.isArray(v)) return v.map(asBuffers);
+  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, asBuffers(x)]));
+  }
+  return v;
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  progress?: Progress;
+}
+
+class TokenThread {
+  readonly worker: Worker;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  dead = false;
+
+  constructor() {
+    // The in-process worker's PKCS#11 calls must stay off libuv's pool (pkcs11.ts, onPool); the agent's may use it.
+    this.worker = new Worker(path.join(__dirname, 'thread-host.js'), { workerData: { poolAllowed: isMainThread }, env: SHARE_ENV });
+    this.worker.unref(); // an idle token thread keeps no process alive
+    this.worker.on('message', (r: Reply) => this.onReply(r));
+    const gone = (why: string) => {
+      this.dead = true;
+      for (const p of this.pending.values())
+        p.reject(new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `the PKCS#11 token thread ${why}; the next request starts a new one`));
+      this.pending.clear();
+    };
+    this.worker.on('error', (err) => gone(`failed: ${err.message}`));
+    this.worker.on('exit', (code) => gone(`exited (${code})`));
+  }
+
+  private onReply(r: Reply): void {
+    const p = this.pending.get(r.id);
+    if (!p) return; // answered after its caller gave up
+    if (r.t === 'progress') return p.progress?.(r.message);
+    this.settle(r.id);
+    if (r.t === 'result') p.resolve(asBuffers(r.value));
+    else p.reject(new KmsError(r.error.code, r.error.message));
+  }
+
+  private settle(id: number): void {
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.worker.unref();
+  }
+
+  open(ring: string, cfg: KeyringConfig, voided: SharedArrayBuffer): void {
+    this.worker.postMessage({ t: 'open', ring, cfg, voided } satisfies Request);
+  }
+
+  call(ring: string, method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress): Promise<unknown> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      if (this.pending.size === 0) this.worker.ref(); // a caller waits for it
+      this.pending.set(id, { resolve, reject, progress });
+      this.worker.postMessage({ t: 'call', id, ring, method, args } satisfies Request);
+      // The caller's abort answers it at once, even while the token thread is stuck in the library.
+      signal?.addEventListener(
+        'abort',
+        () => {
+          if (!this.pending.has(id)) return;
+          this.settle(id);
+          this.worker.postMessage({ t: 'abort', id } satisfies Request);
+          reject(signal.reason);
+        },
+        { once: true },
+      );
+    });
+  }
+}
+
+let shared: TokenThread | undefined;
+let rings = 0;
+
+export class TokenThreadBackend implements Backend {
+  readonly type = 'pkcs11';
+  /** The library, named in timeout messages. */
+  readonly location: string;
+  private readonly ring: string;
+  private readonly voided = new Int32Array(new SharedArrayBuffer(4));
+  private thread: TokenThread | undefined;
+
+  constructor(private readonly cfg: KeyringConfig) {
+    this.location = settingsOf(cfg).library; // a bad config fails here, as it always did
+    this.ring = `${cfg.name}#${++rings}`;
+  }
+
+  private call<T>(method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress): Promise<T> {
+    if (!shared || shared.dead) shared = new TokenThread();
+    if (this.thread !== shared) {
+      this.thread = shared;
+      this.thread.open(this.ring, this.cfg, this.voided.buffer as SharedArrayBuffer);
+    }
+    return this.thread.call(this.ring, method, args, signal, progress) as Promise<T>;
+  }
+
+  describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription> {
+    return this.call('describe', [keyId], signal);
+  }
+  sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer> {
+    return this.call('sign', [keyId, req], signal);
+  }
+  decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer> {
+    return this.call('decrypt', [keyId, req], signal);
+  }
+  derive(keyId: string, peerSpki: Buffer, signal: AbortSignal): Promise<Buffer> {
+    return this.call('derive', [keyId, peerSpki], signal);
+  }
+  random(length: number, signal: AbortSignal): Promise<Buffer> {
+    return this.call('random', [length], signal);
+  }
+  async grant(keyId: string, req: SignRequest, signal: AbortSignal, opts: GrantOptions): Promise<Pkcs11Grant | undefined> {
+    const g = await this.call<{ pkcs11: Pkcs11Grant['pkcs11']; voided: number } | undefined>('grant', [keyId, req, opts], signal);
+    return g && { pkcs11: g.pkcs11, stillValid: () => Atomics.load(this.voided, 0) === g.voided };
+  }
+  create(name: string, spec: KeySpec, signal: AbortSignal, progress?: Progress): Promise<{ keyId: string }> {
+    return this.call('create', [name, spec], signal, progress);
+  }
+  list(signal: AbortSignal): Promise<BackendKeySummary[]> {
+    return this.call('list', [], signal);
+  }
+  delete(keyId: string, signal: AbortSignal): Promise<void> {
+    return this.call('delete', [keyId], signal);
+  }
+  protectionSummary(): Promise<string> {
+    return this.call('protectionSummary', []);
+  }
+  /** `kmsbridge doctor`'s report of the library, its slots and this keyring's token. */
+  doctor(signal: AbortSignal, opts: { login: boolean }): Promise<Pkcs11Report> {
+    return this.call('doctor', [opts], signal);
+  }
+  async close(): Promise<void> {
+    if (!this.thread || this.thread.dead) return;
+    // Bounded like every call: a token that hangs must not hold the agent's exit.
+    await this.call('close', [], AbortSignal.timeout(this.cfg.timeoutMs)).catch((err: unknown) => {
+      if (err instanceof KmsError) throw err;
+    });
+  }
+}
