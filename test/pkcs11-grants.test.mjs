@@ -270,9 +270,17 @@ t.test('a token that hangs costs the agent neither PING nor local keys; it signs
     all.every((a) => (a.sig ? crypto.verify('sha256', Buffer.from(a.msg), key.pub, a.sig) : /timed out|did not answer/.test(a.err.message))),
     `every request to the hung token got a valid signature or a timeout (${all.map((a) => (a.sig ? 'signed' : a.err.message)).join('; ')})`,
   );
+  const agentPid = w.agent.child.pid;
+  const servingThreads = fs
+    .readdirSync(`/proc/${agentPid}/task`)
+    .filter((tid) => fs.readFileSync(`/proc/${agentPid}/task/${tid}/comm`, 'utf8').trim() === 'kmsbridge-serve').length;
   t.ok(
-    all.some((a) => a.err && /hsm/.test(a.err.message)),
-    'the KeyService answered with its timeout, naming the keyring',
+    all.filter((a) => a.sig).length <= servingThreads - 1,
+    `only the requests the serving threads took inside the module waited for the token (${servingThreads} threads, one stays out): none was held behind them`,
+  );
+  t.ok(
+    all.some((a) => a.err?.message.includes(`keyring 'hsm' (pkcs11, ${SOFTHSM_LIB}) did not answer sign with ${key.uri} within ${hsmTimeoutMs} ms`)),
+    'the KeyService answered with its timeout, naming the keyring and the library',
   );
   for (let i = 0; i < 20; i++) {
     const m = `after ${i}`;

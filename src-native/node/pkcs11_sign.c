@@ -15,7 +15,8 @@
  *
  * A token that hangs must not take every serving thread with it: at most
  * |max_inside| threads are inside one module at a time. A thread that finds
- * the module full waits for a place, for about two signatures' time (the
+ * the module full waits for a place, for twice its average signature and
+ * at least 5 ms (a thread inside may be off its core that long here; the
  * JavaScript route costs several times more CPU than the wait, so sending a
  * busy token's overflow there lowered throughput: docs/bench/notes.md); if
  * none frees in time the module counts as stalled and, until a thread comes
@@ -51,8 +52,8 @@
 #define MAX_SIGNATURE 1024 /* RSA-8192 */
 /* Bounds of the wait for a place in a full module (twice the module's
  * average signature, within these). */
-#define PLACE_WAIT_MIN_NS 1000000LL
-#define PLACE_WAIT_MAX_NS 20000000LL
+#define PLACE_WAIT_MIN_NS 5000000LL
+#define PLACE_WAIT_MAX_NS 50000000LL
 
 struct idle_session {
     CK_SLOT_ID slot;

@@ -114,6 +114,8 @@ export function allowPool(allowed: boolean): void {
 export interface Pkcs11Hooks {
   /** Grants made for this keyring may name void sessions or handles from now on. */
   grantsVoided?: () => void;
+  /** The keyring's settings were read (and warned about) before, by the client of the token thread. */
+  settingsRead?: boolean;
 }
 
 export class Pkcs11Backend implements Backend {
@@ -130,7 +132,7 @@ export class Pkcs11Backend implements Backend {
     private readonly cfg: KeyringConfig,
     private readonly hooks: Pkcs11Hooks = {},
   ) {
-    this.settings = settingsOf(cfg);
+    this.settings = settingsOf(cfg, !hooks.settingsRead);
     // Sessions and handles void (token reset, fork, re-initialization): so are the grants naming them.
     this.token = new Token({ keyring: cfg.name, ...this.settings }, () => this.revokeGrants());
   }

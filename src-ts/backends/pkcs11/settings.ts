@@ -19,7 +19,8 @@ export interface Pkcs11Settings {
   pin?: PinSource;
 }
 
-export function settingsOf(cfg: KeyringConfig): Pkcs11Settings {
+/** |warn|: say so when the PIN is written in the config (once per keyring: the token thread does not). */
+export function settingsOf(cfg: KeyringConfig, warn = true): Pkcs11Settings {
   const t = cfg.settings;
   const where = `[keyrings.${cfg.name}]`;
   const bad = (what: string) => new KmsError(ErrorCode.BAD_REQUEST, `config ${where}: ${what}`);
@@ -54,10 +55,11 @@ export function settingsOf(cfg: KeyringConfig): Pkcs11Settings {
   else if (pinFile !== undefined) pin = filePin(pinFile, cfg.name);
   else if (pinValue !== undefined) {
     if (typeof pinValue !== 'string' || pinValue.length === 0) throw bad('pin must be a non-empty string');
-    process.stderr.write(
-      `kmsbridge: WARNING: keyring '${cfg.name}' has its PKCS#11 PIN written in the config file (pin = …): anyone who can read the config can use the token's keys. ` +
-        `Use pin_env or pin_file (mode 0600) outside development.\n`,
-    );
+    if (warn)
+      process.stderr.write(
+        `kmsbridge: WARNING: keyring '${cfg.name}' has its PKCS#11 PIN written in the config file (pin = …): anyone who can read the config can use the token's keys. ` +
+          `Use pin_env or pin_file (mode 0600) outside development.\n`,
+      );
     pin = { origin: `pin in ${where}`, rereadable: false, read: () => pinValue };
   }
   return { library, maxSessions, pin, ...(tokenLabel !== undefined ? { tokenLabel } : {}), ...(slot !== undefined ? { slot } : {}) };

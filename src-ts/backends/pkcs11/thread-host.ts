@@ -29,7 +29,7 @@ function serialize(err: unknown): SerializedError {
 
 function open(ring: string, cfg: KeyringConfig, voided: SharedArrayBuffer): void {
   const counter = new Int32Array(voided);
-  hosted.set(ring, { backend: new Pkcs11Backend(cfg, { grantsVoided: () => Atomics.add(counter, 0, 1) }), voided: counter });
+  hosted.set(ring, { backend: new Pkcs11Backend(cfg, { grantsVoided: () => Atomics.add(counter, 0, 1), settingsRead: true }), voided: counter });
 }
 
 async function run(req: Extract<Request, { t: 'call' }>, signal: AbortSignal): Promise<unknown> {
