@@ -119,9 +119,11 @@ t.test('killing key creation at any moment never leaves a partial key; leftovers
       env: box.env,
       stdio: 'ignore',
     });
+    // listening from the start: a fast machine finishes the later ones before the kill
+    const exited = new Promise((r) => child.once('exit', r));
     await new Promise((r) => setTimeout(r, 60 + i * 25));
     child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await exited;
   }
   // a temporary file as a crash during write leaves it
   fs.writeFileSync(path.join(storeOf(box), '.k99.key.abcdef.tmp'), '{"half": ', { mode: 0o600 });
