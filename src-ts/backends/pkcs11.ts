@@ -121,6 +121,8 @@ export interface Pkcs11Hooks {
 export class Pkcs11Backend implements Backend {
   readonly type = 'pkcs11';
   readonly settings: Pkcs11Settings;
+  /** The library, named in timeout messages. */
+  readonly location: string;
   private readonly token: Token;
   private readonly keys = new Map<string, CachedKey>();
   private creating: Promise<unknown> = Promise.resolve();
@@ -133,6 +135,7 @@ export class Pkcs11Backend implements Backend {
     private readonly hooks: Pkcs11Hooks = {},
   ) {
     this.settings = settingsOf(cfg, !hooks.settingsRead);
+    this.location = this.settings.library;
     // Sessions and handles void (token reset, fork, re-initialization): so are the grants naming them.
     this.token = new Token({ keyring: cfg.name, ...this.settings }, () => this.revokeGrants());
   }
