@@ -53,8 +53,10 @@ export interface NativeAddon {
   serveClose(server: ServeHandle, id: number): void;
   /** Whether frames handed to JavaScript wait to be taken. */
   serveQueued(server: ServeHandle): boolean;
-  /** Ends the threads and closes every connection (sends what replies it can first). */
-  serveStop(server: ServeHandle): void;
+  /** Ends the threads and closes every connection (sends what replies it can first); false if a thread is stuck in a PKCS#11 library. */
+  serveStop(server: ServeHandle): boolean;
+  /** Ends the process now (_exit), not joining a worker stuck in a PKCS#11 library. */
+  exitStuck(code: number): never;
   /** The N-API bridge: the worker binds its request handler and answers each request. */
   bridgeBind(handler: (frame: Buffer, handle: BridgeHandle) => void): void;
   bridgeUnbind(): void;

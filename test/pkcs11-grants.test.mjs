@@ -289,3 +289,34 @@ t.test('a token that hangs costs the agent neither PING nor local keys; it signs
     t.ok(crypto.verify('sha256', Buffer.from(m), key.pub, await signHsm(m)), `the token signs again (${i})`, { diagnostic: false });
   }
 });
+
+t.test('an agent stopped while its token hangs exits, and says it left a library call behind', async (t) => {
+  const hsmTimeoutMs = 1500;
+  const w = await world(t, { hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs } });
+  const key = w.create('stops', 'ec-p256');
+  await signer(w.client, key.uri, 'ecdsa')('warm up');
+  await new Promise((r) => setTimeout(r, 150));
+  const tokenDir = fs
+    .readdirSync(path.join(token.dir, 'tokens'))
+    .map((d) => path.join(token.dir, 'tokens', d))
+    .find((d) => fs.existsSync(path.join(d, 'generation')));
+  const release = await holdLock(t, path.join(tokenDir, 'generation'));
+  t.teardown(release);
+  const hung = await Promise.all(Array.from({ length: 6 }, () => AgentClient.connect(w.box.socket, { timeoutMs: 60_000 })));
+  t.teardown(() => hung.forEach((c) => c.close()));
+  // serving threads inside the module, and a KeyService call on the token thread
+  const pending = hung.map((c, i) => signer(c, key.uri, 'ecdsa')(`at stop ${i}`).catch((err) => err));
+  await new Promise((r) => setTimeout(r, 300));
+  const stopped = Date.now();
+  w.agent.child.kill('SIGTERM');
+  // the grace for requests in flight (5 s), the serving threads' join (3 s), the token thread's close (the keyring's timeout)
+  const limitMs = 5000 + 3000 + hsmTimeoutMs + 10_000;
+  const exit = await Promise.race([w.agent.exited, new Promise((r) => setTimeout(r, limitMs, 'still running'))]);
+  t.same(exit, { code: 0, signal: null }, `the agent exited 0 while the token still hung, after ${Date.now() - stopped} ms`);
+  t.match(w.agent.log(), /exiting without waiting for a PKCS#11 library that has not returned/, 'and says why it did not wait');
+  const answers = await Promise.all(pending);
+  t.ok(
+    answers.every((a) => a instanceof Error),
+    'no request got a signature from the hung token',
+  );
+});

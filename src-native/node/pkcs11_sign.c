@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/asn1.h>
 #include <openssl/bn.h>
@@ -430,10 +431,25 @@ static napi_value quiesce(napi_env env, napi_callback_info info)
     return result;
 }
 
+/* exitStuck(code): ends the process at once. Node's own exit joins its
+ * worker threads, and the token thread inside a library call that never
+ * returns would hold the process forever (thread-client.ts). */
+static napi_value exit_stuck(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    int32_t code = 1;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok &&
+        argc == 1)
+        napi_get_value_int32(env, argv[0], &code);
+    _exit(code);
+}
+
 napi_status pkcs11_sign_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
         {"pkcs11Quiesce", NULL, quiesce, NULL, NULL, NULL, napi_default, NULL},
+        {"exitStuck", NULL, exit_stuck, NULL, NULL, NULL, napi_default, NULL},
     };
     return napi_define_properties(env, exports,
                                   sizeof(props) / sizeof(props[0]), props);

@@ -51,7 +51,9 @@
  *   serveClose(handle, id)
  *   serveQueued(handle) -> boolean             frames handed to JavaScript
  *                                              that it has not taken yet
- *   serveStop(handle)                          ends the threads, closes all
+ *   serveStop(handle) -> boolean               ends the threads, closes all;
+ *                                              false: one is stuck in a
+ *                                              library (see server_stop)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -64,6 +66,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "addon.h"
@@ -80,6 +83,7 @@
 #define OUT_LIMIT (1u << 20)   /* unsent reply bytes before reading stops */
 #define BATCH_LIMIT (1u << 20) /* bytes of frames per event to JavaScript */
 #define IDLE_CHECK_MS 1000 /* a thread looks for a stop at least this often */
+#define JOIN_LIMIT_S 3     /* then a thread counts as stuck in a library */
 /* One ready connection per wake-up: a thread holding a batch would keep the
  * rest waiting behind its own request, for as long as a token takes to
  * answer it (forever, if the token hangs). */
@@ -123,6 +127,7 @@ struct server {
     unsigned max_in_flight;
     atomic_bool stopping;
     bool stopped;
+    bool abandoned;     /* a thread never came back (a hung token): keep all */
     atomic_long queued; /* frames given to JavaScript and not yet taken */
     napi_threadsafe_function tsfn;
     pthread_mutex_t mu;
@@ -620,21 +625,39 @@ static void *serve_thread(void *arg)
 
 /* ---- lifetime ----------------------------------------------------------- */
 
+/* Joins the threads that come back within JOIN_LIMIT_S; false if one did
+ * not (inside a PKCS#11 library that does not return). */
+static bool join_threads(struct server *s)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline); /* pthread_timedjoin_np's clock */
+    deadline.tv_sec += JOIN_LIMIT_S;
+    bool all = true;
+    for (int i = 0; i < s->nthreads; i++)
+        if (pthread_timedjoin_np(s->threads[i], NULL, &deadline) != 0)
+            all = false;
+    s->nthreads = 0;
+    return all;
+}
+
 /* Joins the threads and closes every connection; |release|: give the
  * threadsafe function back (not at the environment's teardown, where Node
- * closes it itself). */
-static void server_stop(struct server *s, bool release)
+ * closes it itself). False if a thread never came back: then the
+ * connections, the threadsafe function and the server stay as they are for
+ * it, and the agent leaves without Node's cleanup (exitStuck). */
+static bool server_stop(struct server *s, bool release)
 {
     if (s->stopped)
-        return;
+        return !s->abandoned;
     s->stopped = true;
     atomic_store(&s->stopping, true);
     uint64_t one = 1;
     ssize_t w = write(s->wakefd, &one, sizeof(one));
     (void)w; /* the threads also look every IDLE_CHECK_MS */
-    for (int i = 0; i < s->nthreads; i++)
-        pthread_join(s->threads[i], NULL);
-    s->nthreads = 0;
+    if (!join_threads(s)) {
+        s->abandoned = true;
+        return false;
+    }
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < s->nslots; i++) {
         struct conn *c = s->slots[i];
@@ -649,6 +672,7 @@ static void server_stop(struct server *s, bool release)
     if (release && s->tsfn != NULL)
         napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
     s->tsfn = NULL;
+    return true;
 }
 
 /* The environment is going away: the threads must not outlive the
@@ -662,8 +686,9 @@ static void server_finalize(napi_env env, void *data, void *hint)
 {
     (void)hint;
     struct server *s = data;
-    server_stop(s, true);
     napi_remove_env_cleanup_hook(env, env_cleanup, s);
+    if (!server_stop(s, true))
+        return; /* a thread may still come back to all of it */
     close(s->epfd);
     close(s->wakefd);
     pthread_mutex_destroy(&s->mu);
@@ -934,8 +959,9 @@ static napi_value serve_stop(napi_env env, napi_callback_info info)
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
         argc < 1 || (s = get_server(env, argv[0])) == NULL)
         return addon_throw(env, "ERR_INVALID_ARG", "serveStop(handle)");
-    server_stop(s, true);
-    return NULL;
+    napi_value joined;
+    napi_get_boolean(env, server_stop(s, true), &joined);
+    return joined;
 }
 
 napi_status serve_register(napi_env env, napi_value exports)

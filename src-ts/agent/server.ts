@@ -214,6 +214,9 @@ export class Agent {
 
   private onIdle?: () => void;
 
+  /** Set by stop() when a serving thread did not come back from a token: the process must then leave with native().exitStuck(). */
+  stuck = false;
+
   /** Stops accepting, answers what is in flight (up to graceMs), then closes every connection and removes the socket. */
   stop(graceMs = 5000): Promise<void> {
     this.stopping ??= (async () => {
@@ -229,7 +232,12 @@ export class Agent {
         });
       }
       // Sends the replies still queued, then closes every connection.
-      native().serveStop(this.serving);
+      if (!native().serveStop(this.serving)) {
+        this.stuck = true;
+        this.log('a serving thread is still inside a PKCS#11 library that has not returned (a hung token); leaving it there');
+      }
+      // Answers that come after the grace (a slow or hung keyring) have nowhere to go.
+      for (const conn of this.connections.values()) conn.closed = true;
       this.connections.clear();
       try {
         fs.unlinkSync(this.opts.socketPath);

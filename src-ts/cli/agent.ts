@@ -8,6 +8,8 @@ import { openAuditSink } from '../audit.js';
 import { loadConfig } from '../config.js';
 import { ErrorCode, KmsError } from '../errors.js';
 import { KeyService } from '../keyservice.js';
+import { tokenThreadStuck } from '../backends/pkcs11/thread-client.js';
+import { native } from '../native.js';
 import type { GlobalOptions } from './main.js';
 
 async function runForeground(g: GlobalOptions): Promise<void> {
@@ -37,6 +39,11 @@ async function runForeground(g: GlobalOptions): Promise<void> {
     const stop = (sig: string) => {
       log(`${sig}: stopping`);
       void agent.stop().then(() => {
+        // Node's exit would wait for a thread stuck in a hung token's library forever.
+        if (agent.stuck || tokenThreadStuck()) {
+          log('exiting without waiting for a PKCS#11 library that has not returned');
+          native().exitStuck(0);
+        }
         audit.close();
         resolve();
       });

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { Command, CommanderError, Option } from 'commander';
+import { tokenThreadStuck } from '../backends/pkcs11/thread-client.js';
 import { KmsError } from '../errors.js';
+import { native } from '../native.js';
 import { agentCommand } from './agent.js';
 import { keysCommand } from './keys.js';
 import { demoCommand } from './demo.js';
@@ -69,4 +71,9 @@ async function main(argv: string[]): Promise<number> {
 
 void main(process.argv).then((code) => {
   process.exitCode = code;
+  // A token that hangs holds the token thread, and Node's exit would wait for that thread forever.
+  if (tokenThreadStuck()) {
+    process.stderr.write('kmsbridge: a PKCS#11 library has not returned from a call; exiting without waiting for it\n');
+    native().exitStuck(code);
+  }
 });

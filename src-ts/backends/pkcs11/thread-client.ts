@@ -57,6 +57,8 @@ interface Pending {
 class TokenThread {
   readonly worker: Worker;
   private readonly pending = new Map<number, Pending>();
+  /** Calls posted that the thread has not answered, its callers' timeouts notwithstanding. */
+  readonly unanswered = new Set<number>();
   private nextId = 1;
   dead = false;
 
@@ -67,6 +69,7 @@ class TokenThread {
     this.worker.on('message', (r: Reply) => this.onReply(r));
     const gone = (why: string) => {
       this.dead = true;
+      this.unanswered.clear();
       for (const p of this.pending.values())
         p.reject(new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `the PKCS#11 token thread ${why}; the next request starts a new one`));
       this.pending.clear();
@@ -76,6 +79,7 @@ class TokenThread {
   }
 
   private onReply(r: Reply): void {
+    if (r.t !== 'progress') this.unanswered.delete(r.id);
     const p = this.pending.get(r.id);
     if (!p) return; // answered after its caller gave up
     if (r.t === 'progress') return p.progress?.(r.message);
@@ -99,6 +103,7 @@ class TokenThread {
     return new Promise((resolve, reject) => {
       if (this.pending.size === 0) this.worker.ref(); // a caller waits for it
       this.pending.set(id, { resolve, reject, progress });
+      this.unanswered.add(id);
       this.worker.postMessage({ t: 'call', id, ring, method, args } satisfies Request);
       // The caller's abort answers it at once, even while the token thread is stuck in the library.
       signal?.addEventListener(
@@ -117,6 +122,15 @@ class TokenThread {
 
 let shared: TokenThread | undefined;
 let rings = 0;
+
+/**
+ * Whether the token thread is inside a library call that has not returned
+ * (a hung token). Node's exit would wait for it forever: the CLI then leaves
+ * with native().exitStuck().
+ */
+export function tokenThreadStuck(): boolean {
+  return shared !== undefined && !shared.dead && shared.unanswered.size > 0;
+}
 
 export class TokenThreadBackend implements Backend {
   readonly type = 'pkcs11';
@@ -169,7 +183,7 @@ export class TokenThreadBackend implements Backend {
     return this.call('delete', [keyId], signal);
   }
   protectionSummary(): Promise<string> {
-    return this.call('protectionSummary', []);
+    return this.call('protectionSummary', [], AbortSignal.timeout(this.cfg.timeoutMs));
   }
   /** `kmsbridge doctor`'s report of the library, its slots and this keyring's token. */
   doctor(signal: AbortSignal, opts: { login: boolean }): Promise<Pkcs11Report> {
