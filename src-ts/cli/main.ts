@@ -50,7 +50,7 @@ async function main(argv: string[]): Promise<number> {
   const p = program();
   try {
     await p.parseAsync(argv);
-    return 0;
+    return Number(process.exitCode ?? 0); // what a command set (doctor: a keyring could not be read)
   } catch (err) {
     if (err instanceof CommanderError) {
       // help and version exit 0; usage errors were already printed by commander
