@@ -15,7 +15,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
+import { sandbox, cli, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { formatRunTimes, runTimes, since } from './lib/proc.mjs';
 import { MODULES, ROOT } from './provider-harness.mjs';
 import { SOFTHSM_LIB, makeToken, p11Selector, p11toolOk, readPublicKeyPem } from './lib/softhsm.mjs';
@@ -319,4 +319,24 @@ t.test('an agent stopped while its token hangs exits, and says it left a library
     answers.every((a) => a instanceof Error),
     'no request got a signature from the hung token',
   );
+});
+
+t.test('kmsbridge doctor names a token that does not answer, exits 1, and does not wait for it', async (t) => {
+  const box = sandbox(t, { keyrings });
+  box.env = { ...box.env, ...env };
+  const tokenDir = fs
+    .readdirSync(path.join(token.dir, 'tokens'))
+    .map((d) => path.join(token.dir, 'tokens', d))
+    .find((d) => fs.existsSync(path.join(d, 'generation')));
+  const release = await holdLock(t, path.join(tokenDir, 'generation'));
+  t.teardown(release);
+  const started = Date.now();
+  const r = cli(box, ['--timeout', '2000', 'doctor'], { timeout: 30_000 });
+  t.equal(r.status, 1, `exits 1 after ${Date.now() - started} ms`);
+  t.match(
+    r.stdout,
+    new RegExp(`note: the PKCS#11 library ${SOFTHSM_LIB} \\(keyring 'hsm'\\) did not answer doctor in time`),
+    'the note names library and keyring',
+  );
+  t.match(r.stderr, /a PKCS#11 library has not returned from a call; exiting without waiting for it/, 'and says why it did not wait');
 });

@@ -45,22 +45,24 @@ function pkcs11Lines(r: Pkcs11Report): string[] {
   return lines;
 }
 
-async function keyringLines(cfg: KeyringConfig, backend: Backend, opts: { login: boolean; timeoutMs: number }): Promise<string[]> {
+/** A keyring's lines; ok false when it could not be read (a note says why). */
+async function keyringLines(cfg: KeyringConfig, backend: Backend, opts: { login: boolean; timeoutMs: number }): Promise<{ lines: string[]; ok: boolean }> {
   const lines = [`keyring ${cfg.name} (${cfg.type})`];
   const signal = AbortSignal.timeout(opts.timeoutMs);
-  if (backend instanceof TokenThreadBackend) {
-    lines.push(...pkcs11Lines(await backend.doctor(signal, { login: opts.login })));
-    return lines;
-  }
-  if (backend instanceof LocalBackend) lines.push(`  store:       ${backend.dir}`);
   try {
+    if (backend instanceof TokenThreadBackend) {
+      lines.push(...pkcs11Lines(await backend.doctor(signal, { login: opts.login })));
+      return { lines, ok: true };
+    }
+    if (backend instanceof LocalBackend) lines.push(`  store:       ${backend.dir}`);
     lines.push(`  protection:  ${await backend.protectionSummary()}`);
     const keys = await backend.list(signal);
     lines.push(`  keys:        ${keys.length ? keys.map((k) => k.keyId).join(', ') : 'none'}`);
+    return { lines, ok: true };
   } catch (err) {
     lines.push(`  note: ${(err as Error).message}`);
+    return { lines, ok: false };
   }
-  return lines;
 }
 
 export function doctorCommand(): Command {
@@ -90,7 +92,9 @@ export function doctorCommand(): Command {
           continue;
         }
         try {
-          process.stdout.write((await keyringLines(cfg, backend, { login: o.login, timeoutMs: g.timeout })).join('\n') + '\n');
+          const { lines, ok } = await keyringLines(cfg, backend, { login: o.login, timeoutMs: g.timeout });
+          process.stdout.write(lines.join('\n') + '\n');
+          if (!ok) failed = true;
         } finally {
           await backend.close();
         }

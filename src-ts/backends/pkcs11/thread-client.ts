@@ -97,8 +97,10 @@ class TokenThread {
     this.worker.postMessage({ t: 'open', ring, cfg, voided } satisfies Request);
   }
 
-  call(ring: string, method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress): Promise<unknown> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
+  call(ring: string, method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress, what = ''): Promise<unknown> {
+    // What a caller that gave up is told (the KeyService says its own timeout first)
+    const late = () => new KmsError(ErrorCode.TIMEOUT, `${what} did not answer ${method} in time; check the token and its library`);
+    if (signal?.aborted) return Promise.reject(late());
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       if (this.pending.size === 0) this.worker.ref(); // a caller waits for it
@@ -112,7 +114,7 @@ class TokenThread {
           if (!this.pending.has(id)) return;
           this.settle(id);
           this.worker.postMessage({ t: 'abort', id } satisfies Request);
-          reject(signal.reason);
+          reject(late());
         },
         { once: true },
       );
@@ -151,7 +153,8 @@ export class TokenThreadBackend implements Backend {
       this.thread = shared;
       this.thread.open(this.ring, this.cfg, this.voided.buffer as SharedArrayBuffer);
     }
-    return this.thread.call(this.ring, method, args, signal, progress) as Promise<T>;
+    const what = `the PKCS#11 library ${this.location} (keyring '${this.cfg.name}')`;
+    return this.thread.call(this.ring, method, args, signal, progress, what) as Promise<T>;
   }
 
   describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription> {
@@ -191,9 +194,11 @@ export class TokenThreadBackend implements Backend {
   }
   async close(): Promise<void> {
     if (!this.thread || this.thread.dead) return;
+    // A call still unanswered (nothing else is in flight at close): the library hangs and the close would queue behind it.
+    const stuck = this.thread.unanswered.size > 0;
     // Bounded like every call: a token that hangs must not hold the agent's exit.
-    await this.call('close', [], AbortSignal.timeout(this.cfg.timeoutMs)).catch((err: unknown) => {
-      if (err instanceof KmsError) throw err;
+    await this.call('close', [], AbortSignal.timeout(stuck ? 1 : this.cfg.timeoutMs)).catch((err: unknown) => {
+      if (!(err instanceof KmsError && err.code === ErrorCode.TIMEOUT)) throw err;
     });
   }
 }
