@@ -80,5 +80,7 @@ port.on('message', (req: Request) => {
       (value) => port.postMessage({ t: 'result', id: req.id, value } satisfies Reply),
       (err: unknown) => port.postMessage({ t: 'error', id: req.id, error: serialize(err) } satisfies Reply),
     )
+    // A result that cannot cross threads (DataCloneError) is that call's error, not the end of the thread.
+    .catch((err: unknown) => port.postMessage({ t: 'error', id: req.id, error: serialize(err) } satisfies Reply))
     .finally(() => aborts.delete(req.id));
 });
