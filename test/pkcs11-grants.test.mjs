@@ -220,6 +220,17 @@ async function holdLock(t, file) {
   return () => (child.stdin.end(), exited);
 }
 
+/** Hangs the test token for real: SoftHSM2 read-locks its generation file for every operation. Returns release(). */
+async function hangToken(t) {
+  const tokenDir = fs
+    .readdirSync(path.join(token.dir, 'tokens'))
+    .map((d) => path.join(token.dir, 'tokens', d))
+    .find((d) => fs.existsSync(path.join(d, 'generation')));
+  const release = await holdLock(t, path.join(tokenDir, 'generation'));
+  t.teardown(release);
+  return release;
+}
+
 t.test('a token that hangs costs the agent neither PING nor local keys; it signs again once it answers', async (t) => {
   // the token keyring's timeout below the clients' own, so that the KeyService's answer is seen
   const hsmTimeoutMs = 1500;
@@ -233,11 +244,7 @@ t.test('a token that hangs costs the agent neither PING nor local keys; it signs
   await signLocal('warm up');
   await new Promise((r) => setTimeout(r, 150));
 
-  const tokenDir = fs
-    .readdirSync(path.join(token.dir, 'tokens'))
-    .map((d) => path.join(token.dir, 'tokens', d))
-    .find((d) => fs.existsSync(path.join(d, 'generation')));
-  const release = await holdLock(t, path.join(tokenDir, 'generation'));
+  const release = await hangToken(t);
   // One connection per request, so that every serving thread that may enter the module does, and blocks there.
   const hung = await Promise.all(Array.from({ length: 6 }, () => AgentClient.connect(w.box.socket, { timeoutMs: 8000 })));
   t.teardown(() => hung.forEach((c) => c.close()));
@@ -296,12 +303,7 @@ t.test('an agent stopped while its token hangs exits, and says it left a library
   const key = w.create('stops', 'ec-p256');
   await signer(w.client, key.uri, 'ecdsa')('warm up');
   await new Promise((r) => setTimeout(r, 150));
-  const tokenDir = fs
-    .readdirSync(path.join(token.dir, 'tokens'))
-    .map((d) => path.join(token.dir, 'tokens', d))
-    .find((d) => fs.existsSync(path.join(d, 'generation')));
-  const release = await holdLock(t, path.join(tokenDir, 'generation'));
-  t.teardown(release);
+  await hangToken(t);
   const hung = await Promise.all(Array.from({ length: 6 }, () => AgentClient.connect(w.box.socket, { timeoutMs: 60_000 })));
   t.teardown(() => hung.forEach((c) => c.close()));
   // serving threads inside the module, and a KeyService call on the token thread
@@ -324,12 +326,7 @@ t.test('an agent stopped while its token hangs exits, and says it left a library
 t.test('kmsbridge doctor names a token that does not answer, exits 1, and does not wait for it', async (t) => {
   const box = sandbox(t, { keyrings });
   box.env = { ...box.env, ...env };
-  const tokenDir = fs
-    .readdirSync(path.join(token.dir, 'tokens'))
-    .map((d) => path.join(token.dir, 'tokens', d))
-    .find((d) => fs.existsSync(path.join(d, 'generation')));
-  const release = await holdLock(t, path.join(tokenDir, 'generation'));
-  t.teardown(release);
+  await hangToken(t);
   const started = Date.now();
   const r = cli(box, ['--timeout', '2000', 'doctor'], { timeout: 30_000 });
   t.equal(r.status, 1, `exits 1 after ${Date.now() - started} ms`);
