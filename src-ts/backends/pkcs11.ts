@@ -99,15 +99,15 @@ let poolAllowed = isMainThread;
  * may, so one slow HSM does not stall the others. For the in-process worker
  * it must not: the application's own async crypto calls on kms: keys can
  * hold every pool thread while they wait for that worker, and a call queued
- * behind them would never run. The token thread (pkcs11/thread.ts) says
- * which of the two it serves.
+ * behind them would never run. The token thread (pkcs11/thread-host.ts),
+ * which serves only the agent and the CLI, allows it.
  */
 function onPool(s: { threadSafe: boolean }): boolean {
   return s.threadSafe && poolAllowed;
 }
 
-export function allowPool(allowed: boolean): void {
-  poolAllowed = allowed;
+export function allowPool(): void {
+  poolAllowed = true;
 }
 
 /** What the token thread learns from a backend it hosts. */

@@ -8,7 +8,6 @@ import { openAuditSink } from '../audit.js';
 import { loadConfig } from '../config.js';
 import { ErrorCode, KmsError } from '../errors.js';
 import { KeyService } from '../keyservice.js';
-import { tokenThreadStuck } from '../backends/pkcs11/thread-client.js';
 import { native } from '../native.js';
 import type { GlobalOptions } from './main.js';
 
@@ -39,8 +38,8 @@ async function runForeground(g: GlobalOptions): Promise<void> {
     const stop = (sig: string) => {
       log(`${sig}: stopping`);
       void agent.stop().then(() => {
-        // Node's exit would wait for a thread stuck in a hung token's library forever.
-        if (agent.stuck || tokenThreadStuck()) {
+        // Node's exit would wait forever for a serving thread stuck in a hung token's library (the token thread: main.ts).
+        if (agent.stuck) {
           log('exiting without waiting for a PKCS#11 library that has not returned');
           native().exitStuck(0);
         }

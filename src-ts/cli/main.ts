@@ -73,7 +73,7 @@ void main(process.argv).then((code) => {
   process.exitCode = code;
   // A token that hangs holds the token thread, and Node's exit would wait for that thread forever.
   if (tokenThreadStuck()) {
-    process.stderr.write('kmsbridge: a PKCS#11 library has not returned from a call; exiting without waiting for it\n');
+    process.stderr.write('kmsbridge: exiting without waiting for a PKCS#11 library that has not returned\n');
     native().exitStuck(code);
   }
 });

@@ -14,7 +14,7 @@
  * answers; everything else goes on.
  */
 import path from 'node:path';
-import { SHARE_ENV, Worker, isMainThread } from 'node:worker_threads';
+import { SHARE_ENV, Worker } from 'node:worker_threads';
 import { ErrorCode, KmsError } from '../../errors.js';
 import type { KeyringConfig } from '../../config.js';
 import type { DecryptRequest, KeySpec, SignRequest } from '../../types.js';
@@ -57,19 +57,18 @@ interface Pending {
 class TokenThread {
   readonly worker: Worker;
   private readonly pending = new Map<number, Pending>();
-  /** Calls posted that the thread has not answered, its callers' timeouts notwithstanding. */
-  readonly unanswered = new Set<number>();
+  /** Calls whose callers gave up (their timeout) and that the thread has not answered yet: it is stuck in the library. */
+  readonly abandoned = new Set<number>();
   private nextId = 1;
   dead = false;
 
   constructor() {
-    // The in-process worker's PKCS#11 calls must stay off libuv's pool (pkcs11.ts, onPool); the agent's may use it.
-    this.worker = new Worker(path.join(__dirname, 'thread-host.js'), { workerData: { poolAllowed: isMainThread }, env: SHARE_ENV });
+    this.worker = new Worker(path.join(__dirname, 'thread-host.js'), { env: SHARE_ENV });
     this.worker.unref(); // an idle token thread keeps no process alive
     this.worker.on('message', (r: Reply) => this.onReply(r));
     const gone = (why: string) => {
       this.dead = true;
-      this.unanswered.clear();
+      this.abandoned.clear();
       for (const p of this.pending.values())
         p.reject(new KmsError(ErrorCode.BACKEND_UNAVAILABLE, `the PKCS#11 token thread ${why}; the next request starts a new one`));
       this.pending.clear();
@@ -79,7 +78,7 @@ class TokenThread {
   }
 
   private onReply(r: Reply): void {
-    if (r.t !== 'progress') this.unanswered.delete(r.id);
+    if (r.t !== 'progress') this.abandoned.delete(r.id);
     const p = this.pending.get(r.id);
     if (!p) return; // answered after its caller gave up
     if (r.t === 'progress') return p.progress?.(r.message);
@@ -97,7 +96,8 @@ class TokenThread {
     this.worker.postMessage({ t: 'open', ring, cfg, voided } satisfies Request);
   }
 
-  call(ring: string, method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress, what = ''): Promise<unknown> {
+  /** |what| names the library and keyring for a caller that gave up. */
+  call(ring: string, what: string, method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress): Promise<unknown> {
     // What a caller that gave up is told (the KeyService says its own timeout first)
     const late = () => new KmsError(ErrorCode.TIMEOUT, `${what} did not answer ${method} in time; check the token and its library`);
     if (signal?.aborted) return Promise.reject(late());
@@ -105,7 +105,6 @@ class TokenThread {
     return new Promise((resolve, reject) => {
       if (this.pending.size === 0) this.worker.ref(); // a caller waits for it
       this.pending.set(id, { resolve, reject, progress });
-      this.unanswered.add(id);
       this.worker.postMessage({ t: 'call', id, ring, method, args } satisfies Request);
       // The caller's abort answers it at once, even while the token thread is stuck in the library.
       signal?.addEventListener(
@@ -113,6 +112,7 @@ class TokenThread {
         () => {
           if (!this.pending.has(id)) return;
           this.settle(id);
+          this.abandoned.add(id);
           this.worker.postMessage({ t: 'abort', id } satisfies Request);
           reject(late());
         },
@@ -131,7 +131,7 @@ let rings = 0;
  * with native().exitStuck().
  */
 export function tokenThreadStuck(): boolean {
-  return shared !== undefined && !shared.dead && shared.unanswered.size > 0;
+  return shared !== undefined && !shared.dead && shared.abandoned.size > 0;
 }
 
 export class TokenThreadBackend implements Backend {
@@ -154,7 +154,7 @@ export class TokenThreadBackend implements Backend {
       this.thread.open(this.ring, this.cfg, this.voided.buffer as SharedArrayBuffer);
     }
     const what = `the PKCS#11 library ${this.location} (keyring '${this.cfg.name}')`;
-    return this.thread.call(this.ring, method, args, signal, progress, what) as Promise<T>;
+    return this.thread.call(this.ring, what, method, args, signal, progress) as Promise<T>;
   }
 
   describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription> {
@@ -194,8 +194,8 @@ export class TokenThreadBackend implements Backend {
   }
   async close(): Promise<void> {
     if (!this.thread || this.thread.dead) return;
-    // A call still unanswered (nothing else is in flight at close): the library hangs and the close would queue behind it.
-    const stuck = this.thread.unanswered.size > 0;
+    // A call given up on and still unanswered: the library hangs, and the close would queue behind it.
+    const stuck = this.thread.abandoned.size > 0;
     // Bounded like every call: a token that hangs must not hold the agent's exit.
     await this.call('close', [], AbortSignal.timeout(stuck ? 1 : this.cfg.timeoutMs)).catch((err: unknown) => {
       if (!(err instanceof KmsError && err.code === ErrorCode.TIMEOUT)) throw err;

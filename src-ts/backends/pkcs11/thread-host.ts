@@ -4,14 +4,15 @@
  * ones included, is made here, so a library that blocks holds this thread
  * and its own callers, never the thread that answers everything else.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { ErrorCode, KmsError } from '../../errors.js';
 import type { KeyringConfig } from '../../config.js';
 import { Pkcs11Backend, allowPool } from '../pkcs11.js';
 import { asBuffers, type Reply, type Request, type SerializedError } from './thread-client.js';
 
 const port = parentPort!;
-allowPool((workerData as { poolAllowed: boolean }).poolAllowed);
+// Only a KeyService on a main thread (agent, CLI) has a token thread (backends/index.ts): its calls may use libuv's pool.
+allowPool();
 
 interface Hosted {
   backend: Pkcs11Backend;
