@@ -7,8 +7,8 @@
  * The KeyService decides every grant (KeyService.grant); this keeps the table
  * in step: a deleted key's grants end, and all of them end on close.
  */
-import type { KeyService } from './keyservice.js';
 import { native } from './native.js';
+import type { KeyService, Peer } from './keyservice.js';
 import type { Digest, SignAlgorithm } from './types.js';
 import { MsgType, Tag, type Frame } from './wire/codec.js';
 import { Fields } from './wire/fields.js';
@@ -32,8 +32,11 @@ export class Grants {
     private readonly opts: GrantsOptions,
   ) {}
 
-  /** After a request succeeded; uid: the peer the grant is for (undefined: any caller in this process). */
-  afterSuccess(req: Frame, uid?: number): void {
+  /**
+   * After a request succeeded; peer: the agent peer the grant is for, by uid and gid, both of which
+   * the KeyService's access check read (undefined: any caller in this process).
+   */
+  afterSuccess(req: Frame, peer?: Pick<Peer, 'uid' | 'gid'>): void {
     if (this.closed) return;
     const f = new Fields(req.fields);
     const uri = f.string(Tag.URI);
@@ -45,7 +48,7 @@ export class Grants {
     const mgf1Digest = f.string(Tag.MGF1_DIGEST) as Digest | undefined;
     const saltLength = f.u32(Tag.SALT_LENGTH);
     const optional = { ...(mgf1Digest ? { mgf1Digest } : {}), ...(saltLength !== undefined ? { saltLength } : {}) };
-    const maxInside = uid !== undefined ? (this.opts.pkcs11MaxInside ?? 0) : 0;
+    const maxInside = peer !== undefined ? (this.opts.pkcs11MaxInside ?? 0) : 0;
     const request = { algorithm, data: f.requireBytes(Tag.DATA), ...(digest ? { digest } : {}), ...optional };
     void this.ks.grant(uri, request, { tokenThreads: maxInside }).then((g) => {
       if (!g || this.closed) return;
@@ -57,7 +60,7 @@ export class Grants {
         ...optional,
         dataLength: g.dataLength,
         auditFd: this.opts.auditFd,
-        ...(uid !== undefined ? { uid } : {}),
+        ...(peer !== undefined ? { uid: peer.uid, gid: peer.gid } : {}),
       };
       try {
         if (!('pkcs11' in g)) native().grantSign({ ...base, key: g.key, file: g.file, ino: g.ino, mtimeMs: g.mtimeMs, size: g.size });

@@ -45,7 +45,7 @@ export interface NativeAddon {
    */
   serveStart(onEvent: (id: number, frames: Buffer | null, reason?: string) => void, opts: { threads: number; maxInFlight: number }): ServeHandle;
   /** Serves a duplicate of |fd| (the caller closes its own) for the peer pid and uid; returns its id. */
-  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number): number;
+  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number, gid: number): number;
   /** The peer's HELLO was accepted: PING and granted signatures may be answered by the threads. */
   serveGreeted(server: ServeHandle, id: number): void;
   /** Queues a reply; end: close once it is sent. False if the connection has gone. */
@@ -77,7 +77,9 @@ export interface NativeAddon {
       /** The digest's length; 0 for Ed25519: a message of any length. */
       dataLength: number;
       auditFd: number;
+      /** An agent peer's uid and gid, both (the KeyService's access check read both); absent: the bridge's callers. */
       uid?: number;
+      gid?: number;
     } & ({ key: NativeKeyHandle; file: string; ino: number; mtimeMs: number; size: number } | { pkcs11: NativePkcs11Grant }),
   ): void;
   /** Ends the grants of one URI, or all of them. */
@@ -89,8 +91,8 @@ export interface NativeAddon {
    * at `path` (pkcs11_sign.c), false after timeoutMs. The module may be finalized only after true.
    */
   pkcs11Quiesce(path: string, timeoutMs: number): boolean;
-  /** What the agent's threads do with a peer's SIGN (serve.c): the reply frame if a grant for this uid covered it, else null. */
-  signGranted(frame: Buffer, pid: number, uid: number): Buffer | null;
+  /** What the agent's threads do with a peer's SIGN (serve.c): the reply frame if a grant for this uid and gid covered it, else null. */
+  signGranted(frame: Buffer, pid: number, uid: number, gid: number): Buffer | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */

@@ -229,8 +229,16 @@ function ensureUser(name) {
   return Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
 }
 
-/** Runs a tiny client as another uid; it prints the outcome of a SIGN as JSON. */
-function signAs(uid, box, uri) {
+function ensureGroup(name) {
+  if (spawnSync('getent', ['group', name]).status !== 0) {
+    const r = spawnSync('groupadd', ['--system', name]);
+    if (r.status !== 0) throw new Error(`groupadd ${name}: ${r.stderr}`);
+  }
+  return Number(spawnSync('getent', ['group', name], { encoding: 'utf8' }).stdout.split(':')[2]);
+}
+
+/** Runs a tiny client as another uid (with its own group, or |gid|); it prints the outcome of a SIGN as JSON. */
+function signAs(uid, box, uri, gid = Number(spawnSync('id', ['-g', String(uid)], { encoding: 'utf8' }).stdout.trim())) {
   const script = `
     const { AgentClient } = await import(${JSON.stringify(path.join(ROOT, 'dist/agent/client.js'))});
     const { MsgType, Tag } = await import(${JSON.stringify(path.join(ROOT, 'dist/wire/codec.js'))});
@@ -241,7 +249,6 @@ function signAs(uid, box, uri) {
       console.log(JSON.stringify({ ok: f.requireBytes(Tag.RESULT).length > 0 }));
     } catch (e) { console.log(JSON.stringify({ ok: false, code: e.codeName, message: e.message })); }
     finally { c?.close(); }`;
-  const gid = Number(spawnSync('id', ['-g', String(uid)], { encoding: 'utf8' }).stdout.trim());
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid, gid, encoding: 'utf8', timeout: 20_000, cwd: '/' });
   if (r.error) throw r.error;
   return JSON.parse(r.stdout.trim() || JSON.stringify({ ok: false, message: r.stderr }));
@@ -262,6 +269,28 @@ t.test(
     t.same(signAs(friend, box, shared), { ok: true }, 'the allowed uid signs with the shared keyring');
     t.match(signAs(friend, box, mine), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${friend} may not use keyring 'local'`) });
     t.match(signAs(stranger, box, shared), { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${stranger} may not use this agent`) });
+  },
+);
+
+t.test(
+  'a keyring shared with a group: a signature approved for a peer in that group is not granted to its uid in another group',
+  { skip: isRoot ? false : 'needs root to create a second user and a group' },
+  async (t) => {
+    const friend = ensureUser('kmsbridge-friend');
+    const team = ensureGroup('kmsbridge-team');
+    // The friend may connect by its uid (keyring 'mine'), and use 'shared' only while its gid is the team's.
+    const box = sandbox(t, { keyrings: { mine: { type: 'local', allow_uids: [friend] }, shared: { type: 'local', allow_gids: [team] } } });
+    fs.chmodSync(box.dir, 0o711);
+    await startAgent(t, box);
+    const shared = cliOk(t, box, ['keys', 'create', 'team', '--keyring', 'shared', '--type', 'ec-p256']).trim();
+    t.same(signAs(friend, box, shared, team), { ok: true }, 'signs as a member of the group');
+    await new Promise((r) => setTimeout(r, 300)); // the grant follows the approved signature
+    t.same(signAs(friend, box, shared, team), { ok: true }, 'and again (the grant answers)');
+    t.match(
+      signAs(friend, box, shared),
+      { ok: false, code: 'ACCESS_DENIED', message: new RegExp(`uid ${friend} may not use keyring 'shared'`) },
+      'the same uid in its own group is refused, not served by the grant made for the group',
+    );
   },
 );
 

@@ -51,7 +51,18 @@ const digest = crypto.createHash('sha256').update('granted').digest();
 const ecFile = keyFile('ec.key');
 const rsaFile = keyFile('rsa.key');
 
-addon.grantSign({ uri: 'kms:t/ec', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...ecFile, auditFd, uid: 1001 });
+addon.grantSign({
+  uri: 'kms:t/ec',
+  keyring: 't',
+  algorithm: 'ecdsa',
+  digest: 'sha256',
+  dataLength: 32,
+  key: handle(ec),
+  ...ecFile,
+  auditFd,
+  uid: 1001,
+  gid: 2001,
+});
 addon.grantSign({
   uri: 'kms:t/rsa',
   keyring: 't',
@@ -63,6 +74,7 @@ addon.grantSign({
   ...rsaFile,
   auditFd,
   uid: 1001,
+  gid: 2001,
 });
 
 const result = (reply) => {
@@ -71,12 +83,12 @@ const result = (reply) => {
 };
 
 t.test('a granted signature: the right reply, a valid signature, one audit line for the asking peer', async (t) => {
-  const reply = addon.signGranted(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 4242, 1001);
+  const reply = addon.signGranted(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 4242, 1001, 2001);
   t.ok(reply, 'answered');
   const r = result(reply);
   t.same([r.id, r.type, r.status], [7, MsgType.SIGN | 0x8000, 0], 'a SIGN reply with the request id');
   t.ok(crypto.verify('sha256', Buffer.from('granted'), ec.publicKey, r.sig), 'the signature verifies');
-  const pss = addon.signGranted(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 4242, 1001);
+  const pss = addon.signGranted(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 4242, 1001, 2001);
   t.ok(
     crypto.verify('sha256', Buffer.from('granted'), { key: rsa.publicKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, result(pss).sig),
     'RSA-PSS too',
@@ -93,8 +105,9 @@ t.test('a granted signature: the right reply, a valid signature, one audit line 
 });
 
 t.test('anything but the granted operation, peer and key file goes to the KeyService', async (t) => {
-  const miss = (frame, uid = 1001) => addon.signGranted(frame, 1, uid);
+  const miss = (frame, uid = 1001, gid = 2001) => addon.signGranted(frame, 1, uid, gid);
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 1002), null, 'another uid');
+  t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 1001, 2002), null, 'the same uid with another gid (allow_gids decided on the gid)');
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha384', crypto.randomBytes(48))), null, 'another digest');
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest.subarray(0, 20))), null, 'another input length');
   t.equal(miss(signFrame('kms:t/ec2', 'ecdsa', 'sha256', digest)), null, 'another key');
@@ -121,11 +134,11 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
       status: 0,
       fields: [{ tag: Tag.URI, value: 'kms:t/ed' }, { tag: Tag.ALGORITHM, value: 'ed25519' }, ...extra, { tag: Tag.DATA, value: data }],
     });
-  addon.grantSign({ uri: 'kms:t/ed', keyring: 't', algorithm: 'ed25519', dataLength: 0, key: handle(ed), ...file, auditFd, uid: 77 });
+  addon.grantSign({ uri: 'kms:t/ed', keyring: 't', algorithm: 'ed25519', dataLength: 0, key: handle(ed), ...file, auditFd, uid: 77, gid: 77 });
   const before = fs.readFileSync(auditFile, 'utf8').length;
   for (const len of [1, 32, 130, 5000]) {
     const msg = crypto.randomBytes(len);
-    const reply = addon.signGranted(edFrame(msg), 4343, 77);
+    const reply = addon.signGranted(edFrame(msg), 4343, 77, 77);
     t.ok(reply, `a ${len}-byte message is answered`);
     const sig = result(reply).sig;
     t.ok(crypto.verify(null, msg, ed.publicKey, sig), `its signature verifies`);
@@ -140,9 +153,9 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
   t.equal(lines.length, 4, 'one audit line each');
   t.match(lines[0], { pid: 4343, uid: 77, uri: 'kms:t/ed', op: 'sign', alg: 'ed25519', outcome: 'ok' });
   t.notOk('digest' in lines[0], 'naming no digest, as the KeyService does');
-  t.equal(addon.signGranted(edFrame(Buffer.from('x'), [{ tag: Tag.DIGEST, value: 'sha256' }]), 1, 77), null, 'a request with a digest is not covered');
-  t.equal(addon.signGranted(edFrame(Buffer.from('x')), 1, 78), null, 'nor another uid');
-  const shape = { uri: 'kms:t/ed2', keyring: 't', key: handle(ed), ...file, auditFd: -1, uid: 77 };
+  t.equal(addon.signGranted(edFrame(Buffer.from('x'), [{ tag: Tag.DIGEST, value: 'sha256' }]), 1, 77, 77), null, 'a request with a digest is not covered');
+  t.equal(addon.signGranted(edFrame(Buffer.from('x')), 1, 78, 77), null, 'nor another uid');
+  const shape = { uri: 'kms:t/ed2', keyring: 't', key: handle(ed), ...file, auditFd: -1, uid: 77, gid: 77 };
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', digest: 'sha256', dataLength: 32 }), /none for ed25519/, 'Ed25519 with a digest is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', dataLength: 32 }), /0 for ed25519/, 'Ed25519 with a length is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ecdsa', dataLength: 0 }), /grantSign\(/, 'ECDSA without a digest is refused');
@@ -151,10 +164,21 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
 
 t.test('revoked grants answer nothing', async (t) => {
   const file = keyFile('again.key');
-  addon.grantSign({ uri: 'kms:t/again', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
-  t.ok(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5), 'granted');
+  addon.grantSign({
+    uri: 'kms:t/again',
+    keyring: 't',
+    algorithm: 'ecdsa',
+    digest: 'sha256',
+    dataLength: 32,
+    key: handle(ec),
+    ...file,
+    auditFd: -1,
+    uid: 5,
+    gid: 5,
+  });
+  t.ok(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), 'granted');
   addon.revokeGrants('kms:t/again');
-  t.equal(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5), null, 'revoked');
+  t.equal(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), null, 'revoked');
   addon.grantSign({
     uri: 'kms:other/k',
     keyring: 'other',
@@ -165,12 +189,30 @@ t.test('revoked grants answer nothing', async (t) => {
     ...file,
     auditFd: -1,
     uid: 5,
+    gid: 5,
   });
-  addon.grantSign({ uri: 'kms:kept/k', keyring: 'kept', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 });
+  addon.grantSign({
+    uri: 'kms:kept/k',
+    keyring: 'kept',
+    algorithm: 'ecdsa',
+    digest: 'sha256',
+    dataLength: 32,
+    key: handle(ec),
+    ...file,
+    auditFd: -1,
+    uid: 5,
+    gid: 5,
+  });
   addon.revokeKeyringGrants('other');
-  t.equal(addon.signGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5), null, "a keyring's grants revoked together");
-  t.ok(addon.signGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5), "another keyring's kept");
+  t.equal(addon.signGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5, 5), null, "a keyring's grants revoked together");
+  t.ok(addon.signGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5, 5), "another keyring's kept");
   t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
+  t.throws(
+    () =>
+      addon.grantSign({ uri: 'kms:t/x', keyring: 't', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5 }),
+    /names its uid and gid/,
+    'a peer named by its uid alone is refused: access may rest on its gid',
+  );
 });
 
 t.test(
@@ -194,7 +236,7 @@ t.test(
     grant('kms:reuse/pkcs1', 'rsa-pkcs1', rsa);
     t.teardown(() => addon.revokeKeyringGrants('reuse'));
     const pss = [{ tag: Tag.SALT_LENGTH, value: 32 }];
-    const sigOf = (uri, alg, extra = []) => result(addon.signGranted(signFrame(uri, alg, 'sha256', digest, extra), 1, 1)).sig.toString('base64');
+    const sigOf = (uri, alg, extra = []) => result(addon.signGranted(signFrame(uri, alg, 'sha256', digest, extra), 1, 1, 1)).sig.toString('base64');
 
     const ecSigs = Array.from({ length: 100 }, () => sigOf('kms:reuse/ec', 'ecdsa'));
     t.equal(new Set(ecSigs).size, 100, '100 ECDSA signatures of one digest: 100 different ones (a fresh nonce each)');
@@ -231,7 +273,7 @@ t.test(
       while (Atomics.load(ready, 0) < 4) Atomics.wait(ready, 0, Atomics.load(ready, 0), 10);
       const sigs = [];
       for (let i = 0; i < 2000; i++) {
-        const reply = addon.signGranted(frame, 1, 1);
+        const reply = addon.signGranted(frame, 1, 1, 1);
         sigs.push(reply ? decodeFrame(reply).fields.find((f) => f.tag === Tag.RESULT).value.toString('base64') : null);
       }
       parentPort.postMessage(sigs);
@@ -373,6 +415,7 @@ t.test('property: the table answers exactly the frames a grant covers, and each 
   const runs = Number(process.env.KMSBRIDGE_PROPERTY_RUNS ?? 3000);
   const ed = crypto.generateKeyPairSync('ed25519');
   const UID = 4040;
+  const GID = 5050;
   const table = [
     { uri: 'kms:p/ec', algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, pair: ec },
     { uri: 'kms:p/pss', algorithm: 'rsa-pss', digest: 'sha256', saltLength: 32, dataLength: 32, pair: rsa },
@@ -381,15 +424,16 @@ t.test('property: the table answers exactly the frames a grant covers, and each 
   ];
   for (const g of table) {
     const { pair, ...shape } = g;
-    addon.grantSign({ ...shape, keyring: 'p', key: handle(pair), ...keyFile(`p-${g.algorithm}.key`), auditFd: -1, uid: UID });
+    addon.grantSign({ ...shape, keyring: 'p', key: handle(pair), ...keyFile(`p-${g.algorithm}.key`), auditFd: -1, uid: UID, gid: GID });
   }
   t.teardown(() => addon.revokeKeyringGrants('p'));
 
-  const covers = (g, f, uid) => {
+  const covers = (g, f, uid, gid) => {
     const one = (tag) => f.fields.find((x) => x.tag === tag)?.value;
     const data = one(Tag.DATA);
     return (
       uid === UID &&
+      gid === GID &&
       f.type === MsgType.SIGN &&
       Buffer.isBuffer(data) &&
       one(Tag.URI) === g.uri &&
@@ -442,6 +486,7 @@ t.test('property: the table answers exactly the frames a grant covers, and each 
         ),
       ),
       uid: rarely(fc.constant(UID + 1)),
+      gid: rarely(fc.constant(GID + 1)),
       edits: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 3 }),
       mutate: fc.boolean(),
     })
@@ -464,20 +509,20 @@ t.test('property: the table answers exactly the frames a grant covers, and each 
         frame = Buffer.from(frame);
         for (const [pos, byte] of r.edits) frame[pos % frame.length] = byte;
       }
-      return { frame, uid: pick(r.uid, UID) };
+      return { frame, uid: pick(r.uid, UID), gid: pick(r.gid, GID) };
     });
 
   let answered = 0;
   fc.assert(
-    fc.property(frameArb, ({ frame, uid }) => {
-      const reply = addon.signGranted(frame, 1, uid);
+    fc.property(frameArb, ({ frame, uid, gid }) => {
+      const reply = addon.signGranted(frame, 1, uid, gid);
       let f = null;
       try {
         f = decodeFrame(frame);
       } catch {
         // the C decoder refuses what the TypeScript one refuses (wire-codec tests)
       }
-      const g = f && table.find((x) => covers(x, f, uid));
+      const g = f && table.find((x) => covers(x, f, uid, gid));
       if (!g) return reply === null;
       if (reply === null) return false;
       answered++;

@@ -177,7 +177,7 @@ t.test('the grant table takes PKCS#11 grants only for an agent peer, on a module
     'no uid: refused (in-process callers never sign on a token from their own threads)',
   );
   t.throws(
-    () => addon.grantSign({ ...base, uid: 1000, pkcs11: { module: SOFTHSM_LIB, slot: 0, object: 1, maxInside: 1 } }),
+    () => addon.grantSign({ ...base, uid: 1000, gid: 1000, pkcs11: { module: SOFTHSM_LIB, slot: 0, object: 1, maxInside: 1 } }),
     { code: 'ERR_INVALID_ARG', message: /not loaded in this process/ },
     'a module this process has not loaded: refused, not loaded',
   );

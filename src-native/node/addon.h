@@ -43,9 +43,16 @@ struct kb_buf;
 struct kb_wire_msg;
 /* Returns 1 with |*reply| if a grant covered the request frame |req|. */
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply);
+/* An agent peer as SO_PEERCRED described it when it connected. */
+struct kb_peer {
+    long pid;
+    unsigned long uid;
+    unsigned long gid;
+};
 /* The agent's side (serve.c): 1 with the reply in |out| if a grant covers
- * this SIGN frame from peer |uid|; the audit line names |pid| and |uid|. */
-int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
+ * this SIGN frame from |peer| (its uid and gid); the audit line names its
+ * pid and uid. */
+int grants_answer(const uint8_t *frame, size_t len, const struct kb_peer *peer,
                   struct kb_buf *out);
 /* Forgets every grant and the audit descriptor (the worker is going). */
 void grants_clear(void);

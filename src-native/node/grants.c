@@ -19,8 +19,9 @@
  * closed KeyService signs nothing.
  *
  * The agent uses the same table for its peers: a grant made after a peer's
- * approved SIGN names that peer's uid, and the agent's serving threads
- * (serve.c) answer a matching SIGN from that uid themselves, before any
+ * approved SIGN names that peer's uid and gid (what the KeyService's access
+ * check read), and the agent's serving threads (serve.c) answer a matching
+ * SIGN from a peer with both themselves, before any
  * JavaScript. For the agent's peers a grant may also name a key on a PKCS#11
  * token (module, slot, object handle): the serving thread then signs on the
  * token itself (pkcs11_sign.c). Those are never offered to in-process callers,
@@ -29,14 +30,15 @@
  *
  * JS surface:
  *   grantSign({ uri, keyring, algorithm, digest, mgf1Digest?, saltLength?,
- *               dataLength, auditFd, uid?,   Ed25519: no digest, dataLength 0
+ *               dataLength, auditFd, uid?, gid?,
  *               key, file, ino, mtimeMs, size            a local key, or
  *               pkcs11: { module, slot, object, maxInside }  a token's })
- *                            uid: the only peer it is for (absent: any
- *                            caller of this process's bridge)
+ *                            Ed25519: no digest, dataLength 0;
+ *                            uid and gid: the only peer it is for (both
+ *                            absent: any caller of this process's bridge)
  *   revokeGrants(uri?)       one URI's grants, or all of them
  *   revokeKeyringGrants(keyring)  every grant of one keyring
- *   signGranted(frame, pid, uid) -> reply frame | null
+ *   signGranted(frame, pid, uid, gid) -> reply frame | null
  *                            what serve.c does for an agent peer
  */
 #include <errno.h>
@@ -69,7 +71,7 @@ struct grant {
     char mgf1[16];      /* "" when the request carries none */
     int64_t salt;       /* -1 when the request carries none */
     size_t data_len;    /* the digest's length; 0 (any) for Ed25519 */
-    int64_t uid;        /* the peer it is for; -1: any caller in this process */
+    int64_t uid, gid;   /* the peer it is for; -1: any caller in this process */
     /* GRANT_LOCAL */
     struct local_signer *signer;
     char *file; /* the key file and its identity when it was read */
@@ -84,8 +86,7 @@ struct grant {
 
 /* Who asks, for matching and for the audit line. */
 struct caller {
-    long pid;
-    unsigned long uid;
+    struct kb_peer who;
     int agent_peer; /* a serving thread for an agent peer, not the bridge */
 };
 
@@ -165,7 +166,9 @@ static int matches(const struct grant *g, const struct caller *c,
                    const struct kb_wire_field *data)
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
-    return (g->uid < 0 || (unsigned long)g->uid == c->uid) &&
+    /* an agent peer's access was decided on its uid and gid (allow_gids) */
+    return (g->uid < 0 || ((unsigned long)g->uid == c->who.uid &&
+                           (unsigned long)g->gid == c->who.gid)) &&
            (g->kind == GRANT_LOCAL || c->agent_peer) &&
            string_is(m, KB_TAG_URI, g->uri) &&
            string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
@@ -242,7 +245,7 @@ static void audit(int fd, const struct audited *a, const struct caller *c,
     char *p = line, *end = line + size;
     p += snprintf(p, (size_t)(end - p),
                   "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":",
-                  when, now.tv_nsec / 1000000L, c->pid, c->uid);
+                  when, now.tv_nsec / 1000000L, c->who.pid, c->who.uid);
     p = json_string(p, a->uri, a->uri_len);
     p += snprintf(p, (size_t)(end - p), ",\"op\":\"sign\",\"alg\":\"%s\"",
                   a->algorithm);
@@ -359,7 +362,8 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 {
     if (atomic_load(&ngrants_hint) == 0)
         return 0; /* nor two system calls for who is asking */
-    struct caller c = {(long)getpid(), (unsigned long)getuid(), 0};
+    struct caller c = {
+        {(long)getpid(), (unsigned long)getuid(), (unsigned long)getgid()}, 0};
     struct kb_buf out = {0};
     char why[64];
     int done = sign_granted(req->data, req->len, &c, &out) &&
@@ -368,31 +372,33 @@ int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
     return done;
 }
 
-int grants_answer(const uint8_t *frame, size_t len, long pid, unsigned long uid,
+int grants_answer(const uint8_t *frame, size_t len, const struct kb_peer *peer,
                   struct kb_buf *out)
 {
-    struct caller c = {pid, uid, 1};
+    struct caller c = {*peer, 1};
     return sign_granted(frame, len, &c, out);
 }
 
-/* signGranted(frame, pid, uid) -> reply | null: serve.c's question, asked
- * from JavaScript (tests). */
+/* signGranted(frame, pid, uid, gid) -> reply | null: serve.c's question,
+ * asked from JavaScript (tests). */
 static napi_value sign_granted_js(napi_env env, napi_callback_info info)
 {
-    size_t argc = 3;
-    napi_value argv[3], result;
+    size_t argc = 4;
+    napi_value argv[4], result;
     void *frame = NULL;
     size_t len = 0;
-    int64_t pid = 0, uid = 0;
+    int64_t pid = 0, uid = 0, gid = 0;
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
-        argc < 3 ||
+        argc < 4 ||
         napi_get_buffer_info(env, argv[0], &frame, &len) != napi_ok ||
         napi_get_value_int64(env, argv[1], &pid) != napi_ok ||
-        napi_get_value_int64(env, argv[2], &uid) != napi_ok || uid < 0)
+        napi_get_value_int64(env, argv[2], &uid) != napi_ok || uid < 0 ||
+        napi_get_value_int64(env, argv[3], &gid) != napi_ok || gid < 0)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "signGranted(frame, pid, uid)");
+                           "signGranted(frame, pid, uid, gid)");
+    struct kb_peer peer = {(long)pid, (unsigned long)uid, (unsigned long)gid};
     struct kb_buf out = {0};
-    if (!grants_answer(frame, len, (long)pid, (unsigned long)uid, &out) ||
+    if (!grants_answer(frame, len, &peer, &out) ||
         napi_create_buffer_copy(env, out.len, out.data, NULL, &result) !=
             napi_ok)
         napi_get_null(env, &result);
@@ -484,7 +490,7 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
     EVP_PKEY *pkey = NULL;
     char uri[KB_WIRE_MAX_STRING + 1], keyring[256], file[4096] = "";
     char err[256] = "";
-    double salt, data_len, fd, uid;
+    double salt, data_len, fd, uid, gid;
 
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
         argc < 1 || !get_string(env, argv[0], "uri", uri, sizeof(uri), 1) ||
@@ -496,7 +502,8 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
         !get_number(env, argv[0], "saltLength", &salt, 0) ||
         !get_number(env, argv[0], "dataLength", &data_len, 1) ||
         !get_number(env, argv[0], "auditFd", &fd, 1) ||
-        !get_number(env, argv[0], "uid", &uid, 0) || data_len < 0 ||
+        !get_number(env, argv[0], "uid", &uid, 0) ||
+        !get_number(env, argv[0], "gid", &gid, 0) || data_len < 0 ||
         napi_get_named_property(env, argv[0], "pkcs11", &p11) != napi_ok ||
         napi_typeof(env, p11, &p11_type) != napi_ok ||
         /* Ed25519 signs the message itself, of any length (0); everything
@@ -506,12 +513,16 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
         return addon_throw(env, "ERR_INVALID_ARG",
                            "grantSign({ uri, keyring, algorithm, digest "
                            "(none for ed25519), dataLength (0 for ed25519), "
-                           "auditFd, uid?, "
+                           "auditFd, uid? and gid?, "
                            "key, file, ino, mtimeMs, size | pkcs11 })");
+    if ((uid < 0) != (gid < 0)) /* access may rest on either */
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "a grant for an agent peer names its uid and gid");
     if (p11_type == napi_object) {
         if (uid < 0)
             return addon_throw(env, "ERR_INVALID_ARG",
-                               "a PKCS#11 grant is for one agent peer: uid");
+                               "a PKCS#11 grant is for one agent peer: uid "
+                               "and gid");
         if (!get_pkcs11(env, p11, &g, err, sizeof(err)))
             return addon_throw(env, "ERR_INVALID_ARG",
                                err[0] != '\0'
@@ -525,6 +536,7 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
     g.salt = (int64_t)salt;
     g.data_len = (size_t)data_len;
     g.uid = (int64_t)uid; /* absent: -1, any caller */
+    g.gid = (int64_t)gid;
     if (g.kind == GRANT_LOCAL &&
         (g.signer = local_signer_new(pkey, padding_of(g.algorithm), g.digest,
                                      g.mgf1, (int)g.salt, err, sizeof(err))) ==
@@ -539,7 +551,7 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
         if (strcmp(o->uri, uri) == 0 &&
             strcmp(o->algorithm, g.algorithm) == 0 &&
             strcmp(o->digest, g.digest) == 0 && strcmp(o->mgf1, g.mgf1) == 0 &&
-            o->salt == g.salt && o->uid == g.uid) {
+            o->salt == g.salt && o->uid == g.uid && o->gid == g.gid) {
             remove_locked(i);
             break;
         }

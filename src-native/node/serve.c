@@ -7,11 +7,11 @@
  * So once the JavaScript agent has accepted a connection and read the peer's
  * credentials, it hands the descriptor to these threads. They frame the
  * requests and answer, on their own, only what needs no decision: PING, and
- * a SIGN that a grant covers for this peer's uid (grants.c: the KeyService
- * approved that exact operation before; each use still checks the key file
- * and writes its audit line). Every other frame, and every frame before the
- * agent has accepted the peer's HELLO, goes to JavaScript in arrival order;
- * its reply comes back through serveReply().
+ * a SIGN that a grant covers for this peer's uid and gid (grants.c: the
+ * KeyService approved that exact operation before; each use still checks the
+ * key file and writes its audit line). Every other frame, and every frame
+ * before the agent has accepted the peer's HELLO, goes to JavaScript in arrival
+ * order; its reply comes back through serveReply().
  *
  * The threads share one epoll set in which each connection is registered
  * edge-triggered, once: a request costs a wake-up, a read and a send, with
@@ -44,7 +44,7 @@
  *       onEvent(id, frames, reason): frames is a Buffer of one or more whole
  *       request frames, back to back; null when the connection has closed
  *       (reason says why, undefined for the peer's own orderly close)
- *   serveAdopt(handle, fd, pid, uid) -> id    serves a duplicate of fd
+ *   serveAdopt(handle, fd, pid, uid, gid) -> id    serves a duplicate of fd
  *   serveGreeted(handle, id)                   HELLO accepted: PING and
  *                                              grants may be answered here
  *   serveReply(handle, id, frame, end)         end: close once it is sent
@@ -92,8 +92,7 @@
 struct conn {
     uint32_t id;
     int fd;
-    long pid;
-    unsigned long uid;
+    struct kb_peer peer;
     atomic_bool greeted;
     /* Input: touched only by the thread that serves the connection (or,
      * under mu, by whoever finds it not served). */
@@ -398,7 +397,7 @@ static int answer_here(struct conn *c, const uint8_t *frame, size_t len)
         kb_frame_begin(&out, id, KB_MSG_PING | KB_WIRE_REPLY_BIT, KB_STATUS_OK);
         done = kb_frame_end(&out);
     } else if (type == KB_MSG_SIGN) {
-        done = grants_answer(frame, len, c->pid, c->uid, &out);
+        done = grants_answer(frame, len, &c->peer, &out);
     }
     if (done) {
         pthread_mutex_lock(&c->mu);
@@ -790,21 +789,22 @@ static struct server *args(napi_env env, napi_callback_info info, size_t want,
 
 static napi_value serve_adopt(napi_env env, napi_callback_info info)
 {
-    napi_value argv[4], result;
-    int64_t fd, pid, uid;
-    struct server *s = args(env, info, 4, argv, &fd);
+    napi_value argv[5], result;
+    int64_t fd, pid, uid, gid;
+    struct server *s = args(env, info, 5, argv, &fd);
     if (s == NULL || fd > INT32_MAX ||
         napi_get_value_int64(env, argv[2], &pid) != napi_ok ||
-        napi_get_value_int64(env, argv[3], &uid) != napi_ok || uid < 0)
+        napi_get_value_int64(env, argv[3], &uid) != napi_ok || uid < 0 ||
+        napi_get_value_int64(env, argv[4], &gid) != napi_ok || gid < 0)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "serveAdopt(handle, fd, pid, uid) on a running "
+                           "serveAdopt(handle, fd, pid, uid, gid) on a running "
                            "server");
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return addon_throw(env, "ERR_NO_MEMORY", "serveAdopt: out of memory");
     c->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
-    c->pid = (long)pid;
-    c->uid = (unsigned long)uid;
+    c->peer =
+        (struct kb_peer){(long)pid, (unsigned long)uid, (unsigned long)gid};
     /* a peer is not polled for until it has shown that it asks quickly */
     atomic_init(&c->gaps.average_ns, KB_SPIN_LIMIT_NS);
     pthread_mutex_init(&c->mu, NULL);

@@ -127,7 +127,7 @@ export class Agent {
         return;
       }
       try {
-        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid);
+        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid, peer.gid);
         this.connections.set(id, { id, peer, greeted: false, closed: false });
       } catch (err) {
         this.log(`refused pid ${peer.pid} uid ${peer.uid}: the agent could not serve the connection (${(err as Error).message})`);
@@ -201,7 +201,7 @@ export class Agent {
     this.pending++;
     void this.dispatcher.handle(frame, conn.peer).then((reply) => {
       this.pending--;
-      if (reply.status === 0) this.grants?.afterSuccess(frame, conn.peer.uid);
+      if (reply.status === 0) this.grants?.afterSuccess(frame, conn.peer);
       this.send(conn, reply);
       if (this.pending === 0) this.onIdle?.();
     });
