@@ -108,7 +108,7 @@ export function markdown(results) {
     `Written by \`npm run bench${p.quick ? ' -- --quick' : ''}\` on ${results.started.slice(0, 10)} in ${results.seconds} s. **Machine:** ${machineLine(results.machine)}.`,
   );
   parts.push(
-    `Each figure is the median over ${p.rounds} rounds; in every round all variants of a row run one after another (in a rotated order), and each is divided by the baseline measured in the same round. A ratio reads "median× [min–max]" over those per-round ratios. The machine is shared and drifts, so ratios are the figures to compare; absolute numbers are this machine's only.`,
+    `Each figure is the median over ${p.rounds} rounds (TLS handshakes: ${p.tlsRounds ?? p.rounds}); in every round all variants of a row run one after another (in a rotated order), and each is divided by the baseline measured in the same round. A ratio reads "median× [min–max]" over those per-round ratios. The machine is shared and drifts, so ratios are the figures to compare; absolute numbers are this machine's only.`,
   );
   parts.push('## Goals\n\n' + goalsTable(results) + '\n\nWhere the time goes, and what was changed for it: [notes.md](notes.md).');
 
