@@ -43,9 +43,18 @@ export interface NativeAddon {
    * frames back to back that only JavaScript can answer, or null when the connection has closed
    * (reason: why; undefined for the peer's own orderly close).
    */
-  serveStart(onEvent: (id: number, frames: Buffer | null, reason?: string) => void, opts: { threads: number; maxInFlight: number }): ServeHandle;
-  /** Serves a duplicate of |fd| (the caller closes its own) for the peer pid and uid; returns its id. */
-  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number, gid: number): number;
+  /** hello: the agent's reply (id 0) to a HELLO of helloVersion, which the threads send to peers adopted with mayGreet. */
+  serveStart(
+    onEvent: (id: number, frames: Buffer | null, reason?: string) => void,
+    opts: { threads: number; maxInFlight: number; hello?: Buffer; helloVersion?: number },
+  ): ServeHandle;
+  /**
+   * Serves a duplicate of |fd| (the caller closes its own) for the peer pid, uid and gid; returns its id.
+   * mayGreet: the agent approved this peer, so the threads answer its first frame if it is a HELLO the agent accepts.
+   */
+  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number, gid: number, mayGreet: boolean): number;
+  /** Whether the connection's HELLO was accepted (by serveGreeted, or by the threads for a peer adopted with mayGreet). */
+  serveIsGreeted(server: ServeHandle, id: number): boolean;
   /** The peer's HELLO was accepted: PING and granted signatures may be answered by the threads. */
   serveGreeted(server: ServeHandle, id: number): void;
   /** Queues a reply; end: close once it is sent. False if the connection has gone. */

@@ -8,9 +8,13 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { AgentClient } from '../dist/agent/client.js';
-import { MsgType, Tag } from '../dist/wire/codec.js';
+import { native } from '../dist/native.js';
+import { FrameReader, MsgType, Tag, decodeFrame, encodeFrame } from '../dist/wire/codec.js';
 import { describe, hello, ping, raw, signFrame } from './lib/agent-raw.mjs';
 
 async function world(t) {
@@ -30,6 +34,83 @@ async function world(t) {
   await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
   return { box, agent, uri, pub };
 }
+
+t.test("the threads greet a peer approved at adoption with the agent's reply; any other first frame goes to JavaScript", async (t) => {
+  const addon = native();
+  const events = [];
+  const reply = encodeFrame({
+    id: 0,
+    type: MsgType.HELLO | 0x8000,
+    status: 0,
+    fields: [
+      { tag: Tag.VERSION, value: 1 },
+      { tag: Tag.PEER_NAME, value: 'test-agent' },
+    ],
+  });
+  const server = addon.serveStart((id, frames) => frames && events.push({ id, frames: Buffer.from(frames) }), {
+    threads: 2,
+    maxInFlight: 16,
+    hello: reply,
+    helloVersion: 1,
+  });
+  t.teardown(() => addon.serveStop(server));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kb-greet-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const approve = [];
+  const adopted = [];
+  const listener = net.createServer({ pauseOnConnect: true }, (s) => {
+    adopted.push(addon.serveAdopt(server, s._handle.fd, process.pid, process.getuid(), process.getgid(), approve.shift()));
+    s.destroy();
+  });
+  await new Promise((r) => listener.listen(path.join(dir, 's'), r));
+  t.teardown(() => listener.close());
+  /** Connects (adopted with |mayGreet|), writes |frames|, collects replies for |ms|. */
+  const session = async (mayGreet, frames, ms = 300) => {
+    approve.push(mayGreet);
+    const c = net.connect(path.join(dir, 's'));
+    const reader = new FrameReader();
+    const replies = [];
+    c.on('data', (d) => replies.push(...reader.push(d)));
+    await new Promise((r) => c.once('connect', r));
+    c.write(Buffer.concat(frames));
+    await new Promise((r) => setTimeout(r, ms));
+    const greeted = addon.serveIsGreeted(server, adopted.at(-1));
+    c.destroy();
+    return { greeted, replies, events: events.filter((e) => e.id === adopted.at(-1)) };
+  };
+
+  const good = await session(true, [hello(41), ping(42)]);
+  t.same(
+    good.replies.map((f) => [f.id, f.type, f.status]),
+    [
+      [41, MsgType.HELLO | 0x8000, 0],
+      [42, MsgType.PING | 0x8000, 0],
+    ],
+    'an approved peer: its HELLO answered with its id, then its PING, both by the threads',
+  );
+  t.same(good.replies[0].fields, decodeFrame(reply).fields, "the reply's fields are the agent's own");
+  t.same(good.events, [], 'JavaScript saw nothing of it');
+  t.equal(good.greeted, true, 'and the connection is greeted');
+
+  const stranger = await session(false, [hello(43)]);
+  t.same(stranger.replies, [], 'a peer not approved: no answer from the threads');
+  t.equal(stranger.events.length, 1, 'its HELLO went to JavaScript');
+  t.equal(decodeFrame(stranger.events[0].frames).id, 43, 'the HELLO itself');
+  t.equal(stranger.greeted, false, 'and the connection is not greeted');
+
+  const v2 = await session(true, [encodeFrame({ id: 44, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: 2 }] })]);
+  t.same(v2.replies, [], 'another protocol version: not answered by the threads');
+  t.equal(v2.events.length, 1, 'it went to JavaScript (which refuses it by name)');
+  t.equal(v2.greeted, false);
+
+  const twice = await session(true, [hello(45), hello(46)]);
+  t.same(
+    twice.replies.map((f) => f.id),
+    [45],
+    'a second HELLO is not greeted again by the threads',
+  );
+  t.equal(decodeFrame(twice.events[0].frames).id, 46, 'JavaScript answers it (already exchanged)');
+});
 
 const rssKb = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
 

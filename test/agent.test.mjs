@@ -12,6 +12,7 @@ import { Agent } from '../dist/agent/server.js';
 import { KeyService } from '../dist/keyservice.js';
 import { parseConfig } from '../dist/config.js';
 import { MsgType, Tag, encodeFrame, FrameReader } from '../dist/wire/codec.js';
+import { hello, raw } from './lib/agent-raw.mjs';
 
 const sha256 = (b) => crypto.createHash('sha256').update(b).digest();
 
@@ -97,6 +98,18 @@ t.test('HELLO is required first, and a protocol version the agent does not speak
   const v2 = await ask({ id: 8, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: 2 }] });
   t.equal(v2.status, 6);
   t.match(v2.fields[0].value, /protocol version 2 is not supported; this agent speaks version 1/);
+  // The serving threads greet this peer (the agent's owner); a second HELLO still reaches the dispatcher.
+  const c = await raw(box.socket);
+  t.teardown(() => c.s.destroy());
+  c.s.write(Buffer.concat([hello(1), hello(2)]));
+  const replies = await c.until(2);
+  t.same(
+    [replies.get(1).status, replies.get(1).fields.map((f) => f.tag)],
+    [0, [Tag.VERSION, Tag.PEER_NAME, Tag.MAX_FRAME]],
+    'the first HELLO is answered with version, name and frame limit',
+  );
+  t.equal(replies.get(2).status, 6, 'a second one is a BAD_REQUEST');
+  t.match(replies.get(2).fields[0].value, /HELLO was already exchanged/);
 });
 
 t.test('a backend call that hangs fails with the timeout error naming the keyring, and the agent keeps serving', async (t) => {

@@ -44,7 +44,12 @@
  *       onEvent(id, frames, reason): frames is a Buffer of one or more whole
  *       request frames, back to back; null when the connection has closed
  *       (reason says why, undefined for the peer's own orderly close)
- *   serveAdopt(handle, fd, pid, uid, gid) -> id    serves a duplicate of fd
+ *   serveAdopt(handle, fd, pid, uid, gid, mayGreet) -> id
+ *                                              serves a duplicate of fd;
+ *                                              mayGreet: the agent approved
+ *                                              the peer, so the threads answer
+ *                                              its HELLO (serveStart's hello)
+ *   serveIsGreeted(handle, id) -> boolean      HELLO accepted, here or there
  *   serveGreeted(handle, id)                   HELLO accepted: PING and
  *                                              grants may be answered here
  *   serveReply(handle, id, frame, end)         end: close once it is sent
@@ -88,11 +93,14 @@
  * rest waiting behind its own request, for as long as a token takes to
  * answer it (forever, if the token hangs). */
 #define EVENTS_PER_WAIT 1
+#define HELLO_MAX 256 /* the agent's reply to HELLO: three short fields */
 
 struct conn {
     uint32_t id;
     int fd;
     struct kb_peer peer;
+    bool may_greet;  /* the agent approved the peer: a good HELLO is ours */
+    bool first_read; /* its first frame has been parsed */
     atomic_bool greeted;
     /* Input: touched only by the thread that serves the connection (or,
      * under mu, by whoever finds it not served). */
@@ -129,6 +137,11 @@ struct server {
     bool abandoned;     /* a thread never came back (a hung token): keep all */
     atomic_long queued; /* frames given to JavaScript and not yet taken */
     napi_threadsafe_function tsfn;
+    /* The agent's reply to a HELLO of |hello_version| (its id 0), for the
+     * peers it approved when it adopted them. */
+    uint8_t hello[HELLO_MAX];
+    size_t hello_len; /* 0: JavaScript answers every HELLO */
+    uint32_t hello_version;
     pthread_mutex_t mu;
     struct conn **slots;
     uint16_t *gens;
@@ -383,11 +396,46 @@ static void batch_emit(struct server *s, struct conn *c, struct batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-/* Answers one frame here if it needs no decision; 1 if it did. */
-static int answer_here(struct conn *c, const uint8_t *frame, size_t len)
+/* The first frame from a peer the agent approved at adoption: if it is a
+ * HELLO in the agent's version, answers it as the agent would and lets the
+ * threads serve the connection. Anything else (another version, a frame the
+ * codec refuses) goes to JavaScript, which answers or refuses it by name. */
+static int greet_here(struct server *s, struct conn *c, const uint8_t *frame,
+                      size_t len)
 {
-    if (!atomic_load(&c->greeted))
+    struct kb_wire_msg *m = NULL;
+    char why[64];
+    uint32_t version = 0;
+    uint8_t reply[HELLO_MAX];
+    int good = s->hello_len > 0 &&
+               kb_wire_decode(frame, len, &m, why, sizeof(why)) &&
+               m->type == KB_MSG_HELLO &&
+               kb_wire_get_u32(m, KB_TAG_VERSION, &version) &&
+               version == s->hello_version;
+    if (good) {
+        memcpy(reply, s->hello, s->hello_len);
+        kb_frame_set_id(reply, m->id);
+    }
+    kb_wire_msg_free(m);
+    if (!good)
         return 0;
+    atomic_store(&c->greeted, true);
+    pthread_mutex_lock(&c->mu);
+    out_append_locked(c, reply, s->hello_len);
+    pthread_mutex_unlock(&c->mu);
+    return 1;
+}
+
+/* Answers one frame here if it needs no decision; 1 if it did. */
+static int answer_here(struct server *s, struct conn *c, const uint8_t *frame,
+                       size_t len)
+{
+    if (!atomic_load(&c->greeted)) {
+        bool first = !c->first_read;
+        c->first_read = true;
+        return first && c->may_greet && greet_here(s, c, frame, len);
+    }
+    c->first_read = true;
     uint16_t type = (uint16_t)((frame[8] << 8) | frame[9]);
     struct kb_buf out = {0};
     int done = 0;
@@ -431,7 +479,7 @@ static bool parse(struct server *s, struct conn *c, struct batch *b)
             break;
         const uint8_t *frame = c->in + off;
         off += size;
-        if (answer_here(c, frame, size))
+        if (answer_here(s, c, frame, size))
             continue;
         if (b->len + size > BATCH_LIMIT)
             batch_emit(s, c, b);
@@ -724,12 +772,23 @@ static napi_value serve_start(napi_env env, napi_callback_info info)
         argc < 2 || napi_typeof(env, argv[0], &t) != napi_ok ||
         t != napi_function)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "serveStart(onEvent, { threads, maxInFlight })");
+                           "serveStart(onEvent, { threads, maxInFlight, "
+                           "hello?, helloVersion? })");
     struct server *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return addon_throw(env, "ERR_NO_MEMORY", "serveStart: out of memory");
     uint32_t threads = get_opt(env, argv[1], "threads", 2);
     s->max_in_flight = get_opt(env, argv[1], "maxInFlight", 256);
+    napi_value hello;
+    void *bytes = NULL;
+    size_t n = 0;
+    if (napi_get_named_property(env, argv[1], "hello", &hello) == napi_ok &&
+        napi_get_buffer_info(env, hello, &bytes, &n) == napi_ok &&
+        n >= KB_WIRE_HEADER_LEN && n <= HELLO_MAX &&
+        (s->hello_version = get_opt(env, argv[1], "helloVersion", 0)) != 0) {
+        memcpy(s->hello, bytes, n);
+        s->hello_len = n;
+    }
     pthread_mutex_init(&s->mu, NULL);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -789,22 +848,25 @@ static struct server *args(napi_env env, napi_callback_info info, size_t want,
 
 static napi_value serve_adopt(napi_env env, napi_callback_info info)
 {
-    napi_value argv[5], result;
+    napi_value argv[6], result;
     int64_t fd, pid, uid, gid;
-    struct server *s = args(env, info, 5, argv, &fd);
+    bool may_greet;
+    struct server *s = args(env, info, 6, argv, &fd);
     if (s == NULL || fd > INT32_MAX ||
         napi_get_value_int64(env, argv[2], &pid) != napi_ok ||
         napi_get_value_int64(env, argv[3], &uid) != napi_ok || uid < 0 ||
-        napi_get_value_int64(env, argv[4], &gid) != napi_ok || gid < 0)
+        napi_get_value_int64(env, argv[4], &gid) != napi_ok || gid < 0 ||
+        napi_get_value_bool(env, argv[5], &may_greet) != napi_ok)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "serveAdopt(handle, fd, pid, uid, gid) on a running "
-                           "server");
+                           "serveAdopt(handle, fd, pid, uid, gid, mayGreet) on "
+                           "a running server");
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return addon_throw(env, "ERR_NO_MEMORY", "serveAdopt: out of memory");
     c->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
     c->peer =
         (struct kb_peer){(long)pid, (unsigned long)uid, (unsigned long)gid};
+    c->may_greet = may_greet;
     /* a peer is not polled for until it has shown that it asks quickly */
     atomic_init(&c->gaps.average_ns, KB_SPIN_LIMIT_NS);
     pthread_mutex_init(&c->mu, NULL);
@@ -870,6 +932,23 @@ static napi_value serve_greeted(napi_env env, napi_callback_info info)
         atomic_store(&c->greeted, true);
     pthread_mutex_unlock(&s->mu);
     return NULL;
+}
+
+/* Whether the connection's HELLO has been accepted, by JavaScript or, for a
+ * peer approved at adoption, by the threads (greet_here). */
+static napi_value serve_is_greeted(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2], result;
+    int64_t id;
+    struct server *s = args(env, info, 2, argv, &id);
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_lock(&s->mu);
+    struct conn *c = lookup_locked(s, (uint64_t)id);
+    bool greeted = c != NULL && atomic_load(&c->greeted);
+    pthread_mutex_unlock(&s->mu);
+    napi_get_boolean(env, greeted, &result);
+    return result;
 }
 
 /* Queues a reply (or, with no frame, only asks to close) and sends what it
@@ -969,6 +1048,8 @@ napi_status serve_register(napi_env env, napi_value exports)
     const napi_property_descriptor props[] = {
         {"serveStart", NULL, serve_start, NULL, NULL, NULL, napi_default, NULL},
         {"serveAdopt", NULL, serve_adopt, NULL, NULL, NULL, napi_default, NULL},
+        {"serveIsGreeted", NULL, serve_is_greeted, NULL, NULL, NULL,
+         napi_default, NULL},
         {"serveGreeted", NULL, serve_greeted, NULL, NULL, NULL, napi_default,
          NULL},
         {"serveReply", NULL, serve_reply, NULL, NULL, NULL, napi_default, NULL},

@@ -18,7 +18,7 @@ import { Dispatcher, errorReply } from '../dispatch.js';
 import type { AuditSink } from '../audit.js';
 import { native, type ServeHandle } from '../native.js';
 import { setWaitingProbe } from '../backends/backend.js';
-import { FrameReader, ProtocolError, decodeFrame, encodeFrame, type Frame } from '../wire/codec.js';
+import { FrameReader, MsgType, PROTOCOL_VERSION, ProtocolError, Tag, decodeFrame, encodeFrame, type Frame } from '../wire/codec.js';
 import { Grants } from '../grants.js';
 import { clearStaleSocket, prepareSocketDir } from './socket-path.js';
 
@@ -75,7 +75,15 @@ export class Agent {
     // keyrings, two threads more than the cores, so that requests beyond the cores' still reach a token.
     const tokens = [...opts.keyService.config.keyrings.values()].some((k) => k.type === 'pkcs11');
     const threads = opts.threads ?? Math.min(4, os.availableParallelism()) + (tokens ? 2 : 0);
-    this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), { threads, maxInFlight: opts.maxInFlight ?? 256 });
+    // The threads greet the peers approved at adoption with the dispatcher's own reply: a process per command (openssl,
+    // curl) then waits for JavaScript only where a decision is needed, not for its HELLO.
+    const hello = encodeFrame(this.dispatcher.hello({ id: 0, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: PROTOCOL_VERSION }] }));
+    this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), {
+      threads,
+      maxInFlight: opts.maxInFlight ?? 256,
+      hello,
+      helloVersion: PROTOCOL_VERSION,
+    });
     // Backends choosing between the event loop and the pool ask whether requests wait for JavaScript.
     this.removeWaitingProbe = setWaitingProbe(() => native().serveQueued(this.serving));
     // With two or more serving threads one stays out of every PKCS#11 module: a token that hangs cannot stop PING and local keys.
@@ -127,7 +135,7 @@ export class Agent {
         return;
       }
       try {
-        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid, peer.gid);
+        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid, peer.gid, this.mayConnect(peer));
         this.connections.set(id, { id, peer, greeted: false, closed: false });
       } catch (err) {
         this.log(`refused pid ${peer.pid} uid ${peer.uid}: the agent could not serve the connection (${(err as Error).message})`);
@@ -182,6 +190,8 @@ export class Agent {
 
   private receive(conn: Connection, frame: Frame): void {
     if (this.stopping || conn.closed) return;
+    // Greeted by the threads: what comes here is what follows the HELLO.
+    if (!conn.greeted && native().serveIsGreeted(this.serving, conn.id)) conn.greeted = true;
     if (!conn.greeted) {
       try {
         const reply = this.dispatcher.hello(frame);
