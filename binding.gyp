@@ -8,7 +8,6 @@
       "target_name": "kmsbridge",
       "sources": [
         "src-native/node/addon.c",
-        "src-native/node/peercred.c",
         "src-native/node/local_crypto.c",
         "src-native/node/serve.c",
         "src-native/node/bridge.c",

@@ -93,6 +93,21 @@ export class KeyService {
     return uids.includes(peer.uid) || gids.includes(peer.gid);
   }
 
+  /**
+   * Who may connect at all, as the agent's threads check it when they accept (serve.c): mayUse() admits a peer for
+   * some keyring exactly when its uid is the owner's or listed, or its gid is listed. Null with no keyring: nobody.
+   */
+  connectPolicy(ownUid: number): { ownUid: number; uids: number[]; gids: number[] } | null {
+    const keyrings = [...this.config.keyrings.values()];
+    if (keyrings.length === 0) return null;
+    const agent = this.config.agent;
+    return {
+      ownUid,
+      uids: [...new Set([...agent.allowUids, ...keyrings.flatMap((k) => k.allowUids)])],
+      gids: [...new Set([...agent.allowGids, ...keyrings.flatMap((k) => k.allowGids)])],
+    };
+  }
+
   /** Runs one backend call under the keyring's timeout; the backend sees the abort signal. */
   private async call<T>(kr: Keyring, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const ms = kr.config.timeoutMs;

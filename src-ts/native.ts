@@ -1,5 +1,6 @@
 import path from 'node:path';
 import nodeGypBuild from 'node-gyp-build';
+import type { Peer } from './keyservice.js';
 
 /** A signature on a PKCS#11 token that the agent's serving threads may run (pkcs11_sign.c). */
 export interface NativePkcs11Grant {
@@ -23,7 +24,6 @@ export interface NativeOpOptions {
   label?: Buffer;
 }
 export interface NativeAddon {
-  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   loadPrivateKey(pkcs8: Buffer): NativeKeyHandle;
   sign(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
   decrypt(key: NativeKeyHandle, options: NativeOpOptions, data: Buffer): Promise<Buffer>;
@@ -43,17 +43,20 @@ export interface NativeAddon {
    * frames back to back that only JavaScript can answer, or null when the connection has closed
    * (reason: why; undefined for the peer's own orderly close).
    */
-  /** hello: the agent's reply (id 0) to a HELLO of helloVersion, which the threads send to peers adopted with mayGreet. */
+  /**
+   * onEvent: peer given, a connection the threads accepted (before any of its frames); frames, its requests; neither,
+   * it has closed (reason: why, undefined for the peer's own close). hello: the agent's reply (id 0) to a HELLO of
+   * helloVersion, which the threads send to the peers serveListen's policy admits.
+   */
   serveStart(
-    onEvent: (id: number, frames: Buffer | null, reason?: string) => void,
+    onEvent: (id: number, frames: Buffer | null, reason?: string, peer?: Peer) => void,
     opts: { threads: number; maxInFlight: number; hello?: Buffer; helloVersion?: number },
   ): ServeHandle;
-  /**
-   * Serves a duplicate of |fd| (the caller closes its own) for the peer pid, uid and gid; returns its id.
-   * mayGreet: the agent approved this peer, so the threads answer its first frame if it is a HELLO the agent accepts.
-   */
-  serveAdopt(server: ServeHandle, fd: number, pid: number, uid: number, gid: number, mayGreet: boolean): number;
-  /** Whether the connection's HELLO was accepted (by serveGreeted, or by the threads for a peer adopted with mayGreet). */
+  /** Makes the listening socket at path (umask and directory are the caller's) and accepts on the threads. */
+  serveListen(server: ServeHandle, path: string, policy: { ownUid: number; uids: number[]; gids: number[] } | null): void;
+  /** Accepts no more connections; those accepted stay. */
+  serveUnlisten(server: ServeHandle): void;
+  /** Whether the connection's HELLO was accepted (by serveGreeted, or by the threads for a peer the policy admits). */
   serveIsGreeted(server: ServeHandle, id: number): boolean;
   /** The peer's HELLO was accepted: PING and granted signatures may be answered by the threads. */
   serveGreeted(server: ServeHandle, id: number): void;

@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { sandbox, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { AgentClient } from '../dist/agent/client.js';
@@ -35,9 +36,8 @@ async function world(t) {
   return { box, agent, uri, pub };
 }
 
-t.test("the threads greet a peer approved at adoption with the agent's reply; any other first frame goes to JavaScript", async (t) => {
+t.test('the threads accept, tell JavaScript who connected, and greet a peer the policy admits; any other first frame goes to JavaScript', async (t) => {
   const addon = native();
-  const events = [];
   const reply = encodeFrame({
     id: 0,
     type: MsgType.HELLO | 0x8000,
@@ -47,69 +47,81 @@ t.test("the threads greet a peer approved at adoption with the agent's reply; an
       { tag: Tag.PEER_NAME, value: 'test-agent' },
     ],
   });
-  const server = addon.serveStart((id, frames) => frames && events.push({ id, frames: Buffer.from(frames) }), {
-    threads: 2,
-    maxInFlight: 16,
-    hello: reply,
-    helloVersion: 1,
-  });
-  t.teardown(() => addon.serveStop(server));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kb-greet-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const approve = [];
-  const adopted = [];
-  const listener = net.createServer({ pauseOnConnect: true }, (s) => {
-    adopted.push(addon.serveAdopt(server, s._handle.fd, process.pid, process.getuid(), process.getgid(), approve.shift()));
-    s.destroy();
-  });
-  await new Promise((r) => listener.listen(path.join(dir, 's'), r));
-  t.teardown(() => listener.close());
-  /** Connects (adopted with |mayGreet|), writes |frames|, collects replies for |ms|. */
-  const session = async (mayGreet, frames, ms = 300) => {
-    approve.push(mayGreet);
-    const c = net.connect(path.join(dir, 's'));
+  /** A server listening at |name| with |policy|; its events, in order. */
+  const serve = (name, policy) => {
+    const events = [];
+    const server = addon.serveStart((id, frames, reason, peer) => events.push({ id, frames: frames && Buffer.from(frames), reason, peer }), {
+      threads: 2,
+      maxInFlight: 16,
+      hello: reply,
+      helloVersion: 1,
+    });
+    t.teardown(() => addon.serveStop(server));
+    addon.serveListen(server, path.join(dir, name), policy);
+    return { server, events, socket: path.join(dir, name) };
+  };
+  const me = { ownUid: process.getuid(), uids: [], gids: [] };
+  const admits = serve('admits', me);
+  const nobody = serve('nobody', { ownUid: process.getuid() + 1, uids: [process.getuid() + 2], gids: [process.getgid() + 1] });
+  /** Connects, writes |frames|, collects replies for |ms|. */
+  const session = async (srv, frames, ms = 300) => {
+    const c = net.connect(srv.socket);
     const reader = new FrameReader();
     const replies = [];
     c.on('data', (d) => replies.push(...reader.push(d)));
     await new Promise((r) => c.once('connect', r));
+    const before = srv.events.length;
     c.write(Buffer.concat(frames));
     await new Promise((r) => setTimeout(r, ms));
-    const greeted = addon.serveIsGreeted(server, adopted.at(-1));
+    const opened = srv.events.findLast((e) => e.peer);
+    const greeted = addon.serveIsGreeted(srv.server, opened.id);
     c.destroy();
-    return { greeted, replies, events: events.filter((e) => e.id === adopted.at(-1)) };
+    return { opened, greeted, replies, frames: srv.events.slice(before).filter((e) => e.id === opened.id && e.frames) };
   };
 
-  const good = await session(true, [hello(41), ping(42)]);
+  const good = await session(admits, [hello(41), ping(42)]);
+  t.same(good.opened.peer, { pid: process.pid, uid: process.getuid(), gid: process.getgid() }, 'JavaScript is told who connected (SO_PEERCRED)');
   t.same(
     good.replies.map((f) => [f.id, f.type, f.status]),
     [
       [41, MsgType.HELLO | 0x8000, 0],
       [42, MsgType.PING | 0x8000, 0],
     ],
-    'an approved peer: its HELLO answered with its id, then its PING, both by the threads',
+    'the owner: its HELLO answered with its id, then its PING, both by the threads',
   );
   t.same(good.replies[0].fields, decodeFrame(reply).fields, "the reply's fields are the agent's own");
-  t.same(good.events, [], 'JavaScript saw nothing of it');
+  t.same(good.frames, [], 'JavaScript saw none of its frames');
   t.equal(good.greeted, true, 'and the connection is greeted');
 
-  const stranger = await session(false, [hello(43)]);
-  t.same(stranger.replies, [], 'a peer not approved: no answer from the threads');
-  t.equal(stranger.events.length, 1, 'its HELLO went to JavaScript');
-  t.equal(decodeFrame(stranger.events[0].frames).id, 43, 'the HELLO itself');
+  const stranger = await session(nobody, [hello(43)]);
+  t.same(stranger.replies, [], 'a peer the policy does not admit: no answer from the threads');
+  t.equal(stranger.frames.length, 1, 'its HELLO went to JavaScript');
+  t.equal(decodeFrame(stranger.frames[0].frames).id, 43, 'the HELLO itself');
   t.equal(stranger.greeted, false, 'and the connection is not greeted');
 
-  const v2 = await session(true, [encodeFrame({ id: 44, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: 2 }] })]);
+  const v2 = await session(admits, [encodeFrame({ id: 44, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: 2 }] })]);
   t.same(v2.replies, [], 'another protocol version: not answered by the threads');
-  t.equal(v2.events.length, 1, 'it went to JavaScript (which refuses it by name)');
-  t.equal(v2.greeted, false);
+  t.equal(v2.frames.length, 1, 'it went to JavaScript (which refuses it by name)');
+  t.equal(v2.greeted, false, 'nor greeted');
 
-  const twice = await session(true, [hello(45), hello(46)]);
+  const twice = await session(admits, [hello(45), hello(46)]);
   t.same(
     twice.replies.map((f) => f.id),
     [45],
     'a second HELLO is not greeted again by the threads',
   );
-  t.equal(decodeFrame(twice.events[0].frames).id, 46, 'JavaScript answers it (already exchanged)');
+  t.equal(decodeFrame(twice.frames[0].frames).id, 46, 'JavaScript answers it (already exchanged)');
+
+  addon.serveUnlisten(admits.server);
+  await t.rejects(
+    new Promise((resolve, reject) => net.connect(admits.socket).once('connect', resolve).once('error', reject)),
+    { code: 'ECONNREFUSED' },
+    'after serveUnlisten nobody is accepted',
+  );
+  t.throws(() => addon.serveListen(nobody.server, path.join(dir, 'again'), me), /already listening/, 'one listening socket per server');
+  t.throws(() => addon.serveListen(admits.server, path.join(dir, 'admits'), me), { code: 'EADDRINUSE' }, 'a path in use is refused by its errno');
 });
 
 const rssKb = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
@@ -217,4 +229,40 @@ t.test('600 connections coming and going, 100 open at once: each gets its own re
     });
   }
   t.equal(ok, 600, 'every connection got the signature over its own message');
+});
+
+t.test('out of file descriptors, the agent pauses accepting instead of spinning, and serves again once some are free', async (t) => {
+  const box = sandbox(t);
+  const agent = await startAgent(t, box);
+  const pid = agent.child.pid;
+  const open = fs.readdirSync(`/proc/${pid}/fd`).length;
+  const limit = open + 8;
+  const r = spawnSync('prlimit', ['--pid', String(pid), `--nofile=${limit}:${limit}`]);
+  t.equal(r.status, 0, `the agent's descriptors limited to ${limit} (${open} in use)`);
+  const cpuMs = () => {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  };
+  // More clients than the limit leaves room for: the rest wait in the listen backlog, unaccepted.
+  const clients = [];
+  for (let i = 0; i < 12; i++) clients.push(await raw(box.socket));
+  for (const [i, c] of clients.entries()) c.s.write(Buffer.concat([hello(1), ping(2 + i)]));
+  await new Promise((r) => setTimeout(r, 300));
+  const served = () => clients.filter((c) => c.replies.has(1)).length;
+  const before = served();
+  t.ok(before > 0 && before < clients.length, `some clients served (${before}), the others wait: the agent is out of descriptors`);
+  const cpu0 = cpuMs();
+  await new Promise((r) => setTimeout(r, 1000));
+  const spent = cpuMs() - cpu0;
+  t.ok(spent < 300, `the agent used ${spent} ms of CPU in that second (a thread spinning on the ready socket would use about 1000)`);
+  // Free descriptors: the waiting clients are accepted and answered.
+  for (const c of clients.slice(0, before)) c.s.destroy();
+  const waiting = clients.slice(before);
+  await Promise.all(waiting.map((c) => c.until(2, 10_000)));
+  t.ok(
+    waiting.every((c, i) => c.replies.get(1).status === 0 && c.replies.get(2 + before + i)?.status === 0),
+    `the ${waiting.length} waiting clients are greeted and answered`,
+  );
+  for (const c of waiting) c.s.destroy();
+  t.equal(agent.child.exitCode, null, 'the agent is still running');
 });

@@ -11,8 +11,6 @@
 
 static napi_value init(napi_env env, napi_value exports)
 {
-    if (peercred_register(env, exports) != napi_ok)
-        return NULL;
     if (local_crypto_register(env, exports) != napi_ok)
         return NULL;
     if (serve_register(env, exports) != napi_ok)

@@ -9,7 +9,6 @@
  * throw_error(...)`. */
 napi_value addon_throw(napi_env env, const char *code, const char *message);
 
-napi_status peercred_register(napi_env env, napi_value exports);
 napi_status local_crypto_register(napi_env env, napi_value exports);
 /* serve.c: the agent's connections, served by C threads. */
 napi_status serve_register(napi_env env, napi_value exports);

@@ -4,14 +4,17 @@
  * Node's socket path (a 'data' event, a stream write, the event loop's
  * wake-ups) cost the agent more CPU per request than an ECDSA signature, and
  * three to four times more when the cores are busy (docs/bench/notes.md).
- * So once the JavaScript agent has accepted a connection and read the peer's
- * credentials, it hands the descriptor to these threads. They frame the
- * requests and answer, on their own, only what needs no decision: PING, and
- * a SIGN that a grant covers for this peer's uid and gid (grants.c: the
- * KeyService approved that exact operation before; each use still checks the
- * key file and writes its audit line). Every other frame, and every frame
- * before the agent has accepted the peer's HELLO, goes to JavaScript in arrival
- * order; its reply comes back through serveReply().
+ * So these threads listen on the agent's socket themselves: they accept,
+ * read the peer's credentials (SO_PEERCRED), tell JavaScript of the
+ * connection, frame its requests and answer, on their own, only what needs no
+ * decision: the HELLO of a peer the agent's policy admits (its owner, or a
+ * uid or gid some keyring allows; the reply is the agent's own, given at
+ * start), PING, and a SIGN that a grant covers for this peer's uid and gid
+ * (grants.c: the KeyService approved that exact operation before; each use
+ * still checks the key file and writes its audit line). Every other frame,
+ * and every frame of a connection not greeted, goes to JavaScript in arrival
+ * order; its reply comes back through serveReply(). A process per command
+ * (openssl, curl) thus waits for JavaScript only where a decision is made.
  *
  * The threads share one epoll set in which each connection is registered
  * edge-triggered, once: a request costs a wake-up, a read and a send, with
@@ -35,20 +38,24 @@
  * it, and enabled again when the thread gives it up; one thread always stays
  * in epoll_wait for everyone else.
  *
- * Locks: the server's mutex (the connection table) before a connection's.
+ * Locks: the listening socket's mutex, then the server's (the connection
+ * table), then a connection's.
  * A connection is freed only with both held and while no thread serves it;
  * everyone else finds it by id under the server's mutex.
  *
  * JS surface:
- *   serveStart(onEvent, { threads, maxInFlight }) -> handle
- *       onEvent(id, frames, reason): frames is a Buffer of one or more whole
- *       request frames, back to back; null when the connection has closed
- *       (reason says why, undefined for the peer's own orderly close)
- *   serveAdopt(handle, fd, pid, uid, gid, mayGreet) -> id
- *                                              serves a duplicate of fd;
- *                                              mayGreet: the agent approved
- *                                              the peer, so the threads answer
- *                                              its HELLO (serveStart's hello)
+ *   serveStart(onEvent, { threads, maxInFlight, hello?, helloVersion? })
+ *       -> handle; hello: the agent's reply (id 0) to a HELLO of
+ *       helloVersion
+ *       onEvent(id, frames, reason, peer): peer { pid, uid, gid }: a new
+ *       connection (before any of its frames); frames: a Buffer of one or
+ *       more whole request frames, back to back; neither: the connection
+ *       has closed (reason says why, undefined for the peer's own close)
+ *   serveListen(handle, path, { ownUid, uids, gids } | null)
+ *                                              makes the listening socket
+ *                                              (umask: the caller's); the
+ *                                              policy: whom the threads greet
+ *   serveUnlisten(handle)                      no more connections
  *   serveIsGreeted(handle, id) -> boolean      HELLO accepted, here or there
  *   serveGreeted(handle, id)                   HELLO accepted: PING and
  *                                              grants may be answered here
@@ -71,6 +78,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,6 +90,9 @@
 #define SLOT_BITS 20 /* an id is a slot and that slot's generation */
 #define MAX_SLOTS (1u << SLOT_BITS)
 #define WAKE_ID UINT64_MAX
+#define LISTEN_ID (UINT64_MAX - 1)
+#define ACCEPTS_PER_TURN 16    /* then the connections get a turn */
+#define ACCEPT_RETRY_MS 100    /* after running out of descriptors */
 #define READ_CHUNK 65536u      /* one read, into the thread's own buffer */
 #define KEEP_BUFFER 65536u     /* an idle connection keeps at most this */
 #define READS_PER_TURN 16      /* then other connections get a turn */
@@ -126,6 +137,15 @@ struct conn {
     const char *broken; /* why it must close; static strings only */
 };
 
+/* Who the threads greet without asking JavaScript (serveListen): the
+ * agent's owner and the uids and gids some keyring allows. */
+struct policy {
+    bool set;
+    unsigned long own_uid;
+    unsigned long *uids, *gids;
+    size_t nuids, ngids;
+};
+
 struct server {
     int epfd, wakefd;
     pthread_t threads[MAX_THREADS];
@@ -137,8 +157,14 @@ struct server {
     bool abandoned;     /* a thread never came back (a hung token): keep all */
     atomic_long queued; /* frames given to JavaScript and not yet taken */
     napi_threadsafe_function tsfn;
+    /* The listening socket, once serveListen made it (-1 before and after):
+     * its readiness is one-shot, so one thread accepts at a time. */
+    int listenfd;
+    pthread_mutex_t listen_mu; /* the listening socket and its policy */
+    struct policy policy;
+    atomic_llong accept_retry_at; /* ns; 0: accepting */
     /* The agent's reply to a HELLO of |hello_version| (its id 0), for the
-     * peers it approved when it adopted them. */
+     * peers its policy admits. */
     uint8_t hello[HELLO_MAX];
     size_t hello_len; /* 0: JavaScript answers every HELLO */
     uint32_t hello_version;
@@ -151,10 +177,12 @@ struct server {
 /* What the threadsafe function carries to onEvent. */
 struct event {
     uint32_t id;
-    uint8_t *frames; /* NULL: the connection closed */
+    uint8_t *frames; /* NULL: the connection closed, or opened */
     size_t len;
     long count; /* frames in |frames| */
     const char *reason;
+    bool opened; /* the threads accepted it, for |peer| */
+    struct kb_peer peer;
 };
 
 /* ---- buffers ------------------------------------------------------------ */
@@ -259,6 +287,18 @@ static void emit(struct server *s, struct event *ev)
     }
 }
 
+static void emit_opened(struct server *s, uint32_t id,
+                        const struct kb_peer *peer)
+{
+    struct event *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL)
+        return;
+    ev->id = id;
+    ev->opened = true;
+    ev->peer = *peer;
+    emit(s, ev);
+}
+
 static void emit_closed(struct server *s, uint32_t id, const char *reason)
 {
     struct event *ev = calloc(1, sizeof(*ev));
@@ -275,8 +315,17 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data)
     struct event *ev = data;
     atomic_fetch_sub(&s->queued, ev->count);
     if (env != NULL && cb != NULL) {
-        napi_value argv[3], undefined;
+        napi_value argv[4], undefined, v;
         napi_get_undefined(env, &undefined);
+        argv[3] = undefined;
+        if (ev->opened && napi_create_object(env, &argv[3]) == napi_ok) {
+            napi_create_int64(env, ev->peer.pid, &v);
+            napi_set_named_property(env, argv[3], "pid", v);
+            napi_create_int64(env, (int64_t)ev->peer.uid, &v);
+            napi_set_named_property(env, argv[3], "uid", v);
+            napi_create_int64(env, (int64_t)ev->peer.gid, &v);
+            napi_set_named_property(env, argv[3], "gid", v);
+        }
         napi_create_uint32(env, ev->id, &argv[0]);
         if (ev->frames == NULL ||
             napi_create_buffer_copy(env, ev->len, ev->frames, NULL, &argv[1]) !=
@@ -287,7 +336,7 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data)
                                     &argv[2]);
         else
             argv[2] = undefined;
-        napi_call_function(env, undefined, cb, 3, argv, NULL);
+        napi_call_function(env, undefined, cb, 4, argv, NULL);
     }
     free(ev->frames);
     free(ev);
@@ -396,7 +445,7 @@ static void batch_emit(struct server *s, struct conn *c, struct batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-/* The first frame from a peer the agent approved at adoption: if it is a
+/* The first frame from a peer the policy admits: if it is a
  * HELLO in the agent's version, answers it as the agent would and lets the
  * threads serve the connection. Anything else (another version, a frame the
  * codec refuses) goes to JavaScript, which answers or refuses it by name. */
@@ -635,6 +684,9 @@ static void serve(struct server *s, struct conn *c, uint32_t events,
     close_and_unlock(s, c);
 }
 
+static void accept_turn(struct server *s);
+static void accept_resume(struct server *s);
+
 static void *serve_thread(void *arg)
 {
     struct server *s = arg;
@@ -644,9 +696,15 @@ static void *serve_thread(void *arg)
         return NULL; /* the other threads serve */
     while (!atomic_load(&s->stopping)) {
         int n = epoll_wait(s->epfd, evs, EVENTS_PER_WAIT, IDLE_CHECK_MS);
+        if (atomic_load(&s->accept_retry_at) != 0)
+            accept_resume(s);
         for (int i = 0; i < n && !atomic_load(&s->stopping); i++) {
             if (evs[i].data.u64 == WAKE_ID)
                 continue;
+            if (evs[i].data.u64 == LISTEN_ID) {
+                accept_turn(s);
+                continue;
+            }
             pthread_mutex_lock(&s->mu);
             struct conn *c = lookup_locked(s, evs[i].data.u64);
             if (c != NULL) {
@@ -687,6 +745,23 @@ static bool join_threads(struct server *s)
     return all;
 }
 
+/* Closes the listening socket; false if there was none. */
+static bool stop_listening(struct server *s)
+{
+    pthread_mutex_lock(&s->listen_mu);
+    int fd = s->listenfd;
+    if (fd >= 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
+        close(fd);
+        s->listenfd = -1;
+    }
+    free(s->policy.uids);
+    free(s->policy.gids);
+    s->policy = (struct policy){0};
+    pthread_mutex_unlock(&s->listen_mu);
+    return fd >= 0;
+}
+
 /* Joins the threads and closes every connection; |release|: give the
  * threadsafe function back (not at the environment's teardown, where Node
  * closes it itself). False if a thread never came back: then the
@@ -697,6 +772,7 @@ static bool server_stop(struct server *s, bool release)
     if (s->stopped)
         return !s->abandoned;
     s->stopped = true;
+    stop_listening(s);
     atomic_store(&s->stopping, true);
     uint64_t one = 1;
     ssize_t w = write(s->wakefd, &one, sizeof(one));
@@ -739,6 +815,7 @@ static void server_finalize(napi_env env, void *data, void *hint)
     close(s->epfd);
     close(s->wakefd);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->listen_mu);
     free(s->slots);
     free(s->gens);
     free(s);
@@ -790,6 +867,8 @@ static napi_value serve_start(napi_env env, napi_callback_info info)
         s->hello_len = n;
     }
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->listen_mu, NULL);
+    s->listenfd = -1;
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     struct epoll_event wake = {.events = EPOLLIN, .data.u64 = WAKE_ID};
@@ -846,40 +925,34 @@ static struct server *args(napi_env env, napi_callback_info info, size_t want,
     return s->stopped ? NULL : s;
 }
 
-static napi_value serve_adopt(napi_env env, napi_callback_info info)
+/* Serves |fd| (owned from here on), a connection from |peer| that a thread
+ * accepted; tells JavaScript of it before any of its frames can reach it.
+ * Its id, or 0 with |*failed|. */
+static uint32_t adopt(struct server *s, int fd, struct kb_peer peer,
+                      bool may_greet, const char **failed)
 {
-    napi_value argv[6], result;
-    int64_t fd, pid, uid, gid;
-    bool may_greet;
-    struct server *s = args(env, info, 6, argv, &fd);
-    if (s == NULL || fd > INT32_MAX ||
-        napi_get_value_int64(env, argv[2], &pid) != napi_ok ||
-        napi_get_value_int64(env, argv[3], &uid) != napi_ok || uid < 0 ||
-        napi_get_value_int64(env, argv[4], &gid) != napi_ok || gid < 0 ||
-        napi_get_value_bool(env, argv[5], &may_greet) != napi_ok)
-        return addon_throw(env, "ERR_INVALID_ARG",
-                           "serveAdopt(handle, fd, pid, uid, gid, mayGreet) on "
-                           "a running server");
     struct conn *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return addon_throw(env, "ERR_NO_MEMORY", "serveAdopt: out of memory");
-    c->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
-    c->peer =
-        (struct kb_peer){(long)pid, (unsigned long)uid, (unsigned long)gid};
+    if (c == NULL) {
+        close(fd);
+        *failed = "out of memory";
+        return 0;
+    }
+    c->fd = fd;
+    c->peer = peer;
     c->may_greet = may_greet;
     /* a peer is not polled for until it has shown that it asks quickly */
     atomic_init(&c->gaps.average_ns, KB_SPIN_LIMIT_NS);
     pthread_mutex_init(&c->mu, NULL);
-    const char *failed = NULL;
-    if (c->fd < 0 || fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
-        failed = strerror(errno);
+    *failed = NULL;
+    if (fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
+        *failed = strerror(errno);
 
     uint32_t id = 0;
     pthread_mutex_lock(&s->mu);
     size_t slot = 0;
     while (slot < s->nslots && s->slots[slot] != NULL)
         slot++;
-    if (failed == NULL && slot == s->nslots) {
+    if (*failed == NULL && slot == s->nslots) {
         size_t n = s->nslots ? s->nslots * 2 : 64;
         struct conn **slots =
             n <= MAX_SLOTS ? realloc(s->slots, n * sizeof(*slots)) : NULL;
@@ -887,7 +960,7 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
             s->slots = slots;
         uint16_t *gens = slots ? realloc(s->gens, n * sizeof(*gens)) : NULL;
         if (gens == NULL) {
-            failed = "too many connections";
+            *failed = "too many connections";
         } else {
             s->gens = gens;
             memset(s->slots + s->nslots, 0,
@@ -896,27 +969,223 @@ static napi_value serve_adopt(napi_env env, napi_callback_info info)
             s->nslots = n;
         }
     }
-    if (failed == NULL) {
-        s->gens[slot] = (uint16_t)((s->gens[slot] + 1) & 0xfff);
+    if (*failed == NULL) {
+        s->gens[slot] = (uint16_t)(s->gens[slot] % 0xfff + 1); /* id != 0 */
         c->id = (uint32_t)slot | ((uint32_t)s->gens[slot] << SLOT_BITS);
         struct epoll_event ev = {.events = WATCH, .data.u64 = c->id};
+        emit_opened(s, c->id, &peer);
         s->slots[slot] = c;
         id = c->id;
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
-            failed = strerror(errno);
+            *failed = strerror(errno);
             s->slots[slot] = NULL;
+            emit_closed(s, id, "could not serve the connection");
+            id = 0;
         }
     }
     /* From here a serving thread may close and free |c| at any time. */
     pthread_mutex_unlock(&s->mu);
-    if (failed != NULL) {
-        if (c->fd >= 0)
-            close(c->fd);
+    if (*failed != NULL) {
+        close(c->fd);
         conn_free(c);
-        return addon_throw(env, "ERR_SERVE", failed);
     }
-    napi_create_uint32(env, id, &result);
-    return result;
+    return id;
+}
+
+/* ---- listening ------------------------------------------------------- */
+
+static bool listed(const unsigned long *v, size_t n, unsigned long x)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == x)
+            return true;
+    return false;
+}
+
+/* Whether the agent would let |peer| connect; listen_mu held. */
+static bool approved(const struct policy *p, const struct kb_peer *peer)
+{
+    return p->set &&
+           (peer->uid == p->own_uid || listed(p->uids, p->nuids, peer->uid) ||
+            listed(p->gids, p->ngids, peer->gid));
+}
+
+static void rearm_listen_locked(struct server *s)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+                             .data.u64 = LISTEN_ID};
+    if (s->listenfd >= 0)
+        epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->listenfd, &ev);
+}
+
+/* Accepts the connections waiting (a few per turn), each with the
+ * credentials the kernel recorded when the peer connected, and tells
+ * JavaScript of it before any of its frames. The registration is one-shot:
+ * one thread accepts at a time, and rearms it. Out of descriptors, accepting
+ * pauses for ACCEPT_RETRY_MS instead of spinning on the ready socket. */
+static void accept_turn(struct server *s)
+{
+    pthread_mutex_lock(&s->listen_mu);
+    bool pause = false;
+    for (int i = 0; i < ACCEPTS_PER_TURN && s->listenfd >= 0; i++) {
+        int fd = accept4(s->listenfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            pause = errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                    errno == ENOMEM;
+            break; /* EAGAIN: none left */
+        }
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+            close(fd); /* whom it serves is unknown: not at all */
+            continue;
+        }
+        struct kb_peer peer = {(long)cred.pid, (unsigned long)cred.uid,
+                               (unsigned long)cred.gid};
+        const char *failed;
+        adopt(s, fd, peer, approved(&s->policy, &peer), &failed);
+    }
+    if (pause)
+        atomic_store(&s->accept_retry_at,
+                     kb_now_ns() + ACCEPT_RETRY_MS * 1000000LL);
+    else
+        rearm_listen_locked(s);
+    pthread_mutex_unlock(&s->listen_mu);
+}
+
+static void accept_resume(struct server *s)
+{
+    long long at = atomic_load(&s->accept_retry_at);
+    if (at == 0 || kb_now_ns() < at ||
+        !atomic_compare_exchange_strong(&s->accept_retry_at, &at, 0))
+        return;
+    pthread_mutex_lock(&s->listen_mu);
+    rearm_listen_locked(s);
+    pthread_mutex_unlock(&s->listen_mu);
+}
+
+static void policy_free(struct policy *p)
+{
+    free(p->uids);
+    free(p->gids);
+    *p = (struct policy){0};
+}
+
+/* Reads the numbers of array |name| of |obj| into |*out| (NULL when
+ * empty). */
+static bool get_ids(napi_env env, napi_value obj, const char *name,
+                    unsigned long **out, size_t *n)
+{
+    napi_value arr, v;
+    uint32_t len = 0;
+    bool is_array = false;
+    if (napi_get_named_property(env, obj, name, &arr) != napi_ok ||
+        napi_is_array(env, arr, &is_array) != napi_ok || !is_array ||
+        napi_get_array_length(env, arr, &len) != napi_ok)
+        return false;
+    *n = 0;
+    *out = len > 0 ? calloc(len, sizeof(**out)) : NULL;
+    if (len > 0 && *out == NULL)
+        return false;
+    for (uint32_t i = 0; i < len; i++) {
+        int64_t id;
+        if (napi_get_element(env, arr, i, &v) != napi_ok ||
+            napi_get_value_int64(env, v, &id) != napi_ok || id < 0)
+            return false;
+        (*out)[(*n)++] = (unsigned long)id;
+    }
+    return true;
+}
+
+/* serveListen(handle, path, { ownUid, uids, gids } | null): makes the
+ * listening socket at |path| (the caller chose the umask and checked the
+ * directory), and from then on the threads accept. */
+static napi_value serve_listen(napi_env env, napi_callback_info info)
+{
+    size_t argc = 3;
+    napi_value argv[3];
+    napi_valuetype t = napi_undefined;
+    struct server *s = NULL;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = 0;
+    struct policy p = {0};
+    int64_t own = 0;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 3 || (s = get_server(env, argv[0])) == NULL || s->stopped ||
+        napi_get_value_string_utf8(env, argv[1], addr.sun_path,
+                                   sizeof(addr.sun_path), &len) != napi_ok ||
+        napi_typeof(env, argv[2], &t) != napi_ok)
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "serveListen(handle, path, { ownUid, uids, gids } "
+                           "| null) on a running server");
+    if (len >= sizeof(addr.sun_path) - 1)
+        return addon_throw(env, "ENAMETOOLONG",
+                           "the agent socket path is too long for a Unix "
+                           "socket (at most 107 bytes)");
+    if (t == napi_object) {
+        napi_value v;
+        if (napi_get_named_property(env, argv[2], "ownUid", &v) != napi_ok ||
+            napi_get_value_int64(env, v, &own) != napi_ok || own < 0 ||
+            !get_ids(env, argv[2], "uids", &p.uids, &p.nuids) ||
+            !get_ids(env, argv[2], "gids", &p.gids, &p.ngids)) {
+            policy_free(&p);
+            return addon_throw(env, "ERR_INVALID_ARG",
+                               "serveListen: policy { ownUid, uids, gids }");
+        }
+        p.set = true;
+        p.own_uid = (unsigned long)own;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+                             .data.u64 = LISTEN_ID};
+    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
+        listen(fd, SOMAXCONN) != 0) {
+        int error = errno;
+        if (fd >= 0)
+            close(fd);
+        policy_free(&p);
+        const char *code = strerrorname_np(error);
+        return addon_throw(env, code != NULL ? code : "ERR_SERVE",
+                           strerror(error));
+    }
+    pthread_mutex_lock(&s->listen_mu);
+    bool twice = s->listenfd >= 0;
+    if (!twice) {
+        s->listenfd = fd;
+        s->policy = p;
+    }
+    pthread_mutex_unlock(&s->listen_mu);
+    if (twice) {
+        close(fd);
+        policy_free(&p);
+        return addon_throw(env, "ERR_SERVE", "serveListen: already listening");
+    }
+    /* Listening keeps the agent's process alive, as a server does. */
+    napi_ref_threadsafe_function(env, s->tsfn);
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        int error = errno;
+        stop_listening(s);
+        napi_unref_threadsafe_function(env, s->tsfn);
+        return addon_throw(env, "ERR_SERVE", strerror(error));
+    }
+    return NULL;
+}
+
+/* serveUnlisten(handle): no more connections (the socket file stays for
+ * the caller to remove). Those accepted stay served. */
+static napi_value serve_unlisten(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    struct server *s = NULL;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+        return addon_throw(env, "ERR_INVALID_ARG", "serveUnlisten(handle)");
+    if (stop_listening(s) && s->tsfn != NULL)
+        napi_unref_threadsafe_function(env, s->tsfn);
+    return NULL;
 }
 
 static napi_value serve_greeted(napi_env env, napi_callback_info info)
@@ -935,7 +1204,7 @@ static napi_value serve_greeted(napi_env env, napi_callback_info info)
 }
 
 /* Whether the connection's HELLO has been accepted, by JavaScript or, for a
- * peer approved at adoption, by the threads (greet_here). */
+ * peer the policy admits, by the threads (greet_here). */
 static napi_value serve_is_greeted(napi_env env, napi_callback_info info)
 {
     napi_value argv[2], result;
@@ -1047,9 +1316,12 @@ napi_status serve_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
         {"serveStart", NULL, serve_start, NULL, NULL, NULL, napi_default, NULL},
-        {"serveAdopt", NULL, serve_adopt, NULL, NULL, NULL, napi_default, NULL},
         {"serveIsGreeted", NULL, serve_is_greeted, NULL, NULL, NULL,
          napi_default, NULL},
+        {"serveListen", NULL, serve_listen, NULL, NULL, NULL, napi_default,
+         NULL},
+        {"serveUnlisten", NULL, serve_unlisten, NULL, NULL, NULL, napi_default,
+         NULL},
         {"serveGreeted", NULL, serve_greeted, NULL, NULL, NULL, napi_default,
          NULL},
         {"serveReply", NULL, serve_reply, NULL, NULL, NULL, napi_default, NULL},

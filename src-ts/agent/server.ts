@@ -3,13 +3,13 @@
  * ENGINE and the CLI. Each connection is checked by SO_PEERCRED, carries many
  * requests in flight, and is closed alone when it breaks the protocol.
  *
- * Node accepts a connection and reads the peer's credentials; then C threads
- * serve it (src-native/node/serve.c). They answer PING and the signatures a
- * grant covers for this peer themselves (src-ts/grants.ts) and hand every
- * other request here, where the Dispatcher answers it.
+ * C threads listen, accept, read the peer's credentials and serve each
+ * connection (src-native/node/serve.c). They answer the HELLO of a peer the
+ * config admits, PING and the signatures a grant covers for this peer
+ * themselves (src-ts/grants.ts), and hand every other request here, where the
+ * Dispatcher answers it.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { KmsError, asKmsError } from '../errors.js';
@@ -53,7 +53,6 @@ interface Connection {
 }
 
 export class Agent {
-  private readonly server: net.Server;
   private readonly connections = new Map<number, Connection>();
   private readonly dispatcher: Dispatcher;
   private readonly ownUid = process.getuid?.() ?? 0;
@@ -69,16 +68,14 @@ export class Agent {
   private constructor(private readonly opts: AgentOptions) {
     this.log = opts.log ?? (() => {});
     this.dispatcher = new Dispatcher(opts.keyService, { ownUid: this.ownUid, ...(opts.audit ? { audit: opts.audit } : {}) });
-    // Paused: Node never reads a connection; the serving threads do.
-    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
     // A token's signature keeps its thread waiting on the HSM (a network round trip for most): with PKCS#11
     // keyrings, two threads more than the cores, so that requests beyond the cores' still reach a token.
     const tokens = [...opts.keyService.config.keyrings.values()].some((k) => k.type === 'pkcs11');
     const threads = opts.threads ?? Math.min(4, os.availableParallelism()) + (tokens ? 2 : 0);
-    // The threads greet the peers approved at adoption with the dispatcher's own reply: a process per command (openssl,
+    // The threads greet the peers the config admits with the dispatcher's own reply: a process per command (openssl,
     // curl) then waits for JavaScript only where a decision is needed, not for its HELLO.
     const hello = encodeFrame(this.dispatcher.hello({ id: 0, type: MsgType.HELLO, status: 0, fields: [{ tag: Tag.VERSION, value: PROTOCOL_VERSION }] }));
-    this.serving = native().serveStart((id, frames, reason) => this.onEvent(id, frames, reason), {
+    this.serving = native().serveStart((id, frames, reason, peer) => this.onEvent(id, frames, reason, peer), {
       threads,
       maxInFlight: opts.maxInFlight ?? 256,
       hello,
@@ -98,17 +95,14 @@ export class Agent {
     // The socket is born with its final mode: no window where others could connect.
     const oldMask = process.umask(shared ? 0o111 : 0o177);
     try {
-      await new Promise<void>((resolve, reject) => {
-        agent.server.once('error', reject);
-        agent.server.listen(opts.socketPath, () => {
-          agent.server.off('error', reject);
-          resolve();
-        });
-      });
+      // The serving threads accept, read SO_PEERCRED and greet the peers this policy admits; JavaScript hears of each
+      // connection before its first frame.
+      native().serveListen(agent.serving, opts.socketPath, opts.keyService.connectPolicy(agent.ownUid));
     } catch (err) {
       native().serveStop(agent.serving);
       agent.removeWaitingProbe();
-      throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw Object.assign(new Error(`the agent could not listen on ${opts.socketPath}: ${e.message}`), { code: e.code });
     } finally {
       process.umask(oldMask);
     }
@@ -122,32 +116,17 @@ export class Agent {
     return this.opts.socketPath;
   }
 
-  private accept(socket: net.Socket): void {
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-    try {
-      if (this.stopping) return;
-      let peer: Peer;
-      try {
-        if (fd < 0) throw new Error('no file descriptor');
-        peer = native().peerCredentials(fd);
-      } catch (err) {
-        this.log(`refused a connection: peer credentials unavailable (${(err as Error).message})`);
-        return;
-      }
-      try {
-        const id = native().serveAdopt(this.serving, fd, peer.pid, peer.uid, peer.gid, this.mayConnect(peer));
-        this.connections.set(id, { id, peer, greeted: false, closed: false });
-      } catch (err) {
-        this.log(`refused pid ${peer.pid} uid ${peer.uid}: the agent could not serve the connection (${(err as Error).message})`);
-      }
-    } finally {
-      // The serving threads hold their own descriptor for the connection.
-      socket.destroy();
+  /**
+   * From the serving threads, in order for each connection: peer given, a connection they accepted; then its requests
+   * in arrival order; frames null (and no peer): it has closed.
+   */
+  private onEvent(id: number, frames: Buffer | null, reason?: string, peer?: Peer): void {
+    if (peer) {
+      const conn = { id, peer, greeted: false, closed: false };
+      this.connections.set(id, conn);
+      if (this.stopping) this.close(conn);
+      return;
     }
-  }
-
-  /** Requests from the serving threads, in arrival order; frames null: the connection has closed. */
-  private onEvent(id: number, frames: Buffer | null, reason?: string): void {
     const conn = this.connections.get(id);
     if (!conn) return;
     if (frames === null) {
@@ -231,7 +210,7 @@ export class Agent {
   stop(graceMs = 5000): Promise<void> {
     this.stopping ??= (async () => {
       this.grants?.close();
-      this.server.close();
+      native().serveUnlisten(this.serving);
       if (this.pending > 0) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, graceMs);
