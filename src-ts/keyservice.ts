@@ -40,6 +40,8 @@ interface Keyring {
   config: KeyringConfig;
   backend: Backend;
   descriptions: Map<string, Promise<KeyDescription>>;
+  /** The descriptions of |descriptions| that have arrived, for answers made without waiting (cachedDescription). */
+  described: Map<string, KeyDescription>;
 }
 
 /** Who is asking: the agent fills this from SO_PEERCRED. */
@@ -77,7 +79,7 @@ export class KeyService {
     let kr = this.keyrings.get(name);
     if (!kr) {
       const config = this.keyringConfig(name);
-      kr = { config, backend: createBackend(config, this.factories), descriptions: new Map() };
+      kr = { config, backend: createBackend(config, this.factories), descriptions: new Map(), described: new Map() };
       this.keyrings.set(name, kr);
     }
     return kr;
@@ -152,11 +154,32 @@ export class KeyService {
     const { parsed, kr } = this.resolve(uri);
     let p = kr.descriptions.get(parsed.keyId);
     if (!p) {
-      p = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d }));
+      const asked = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d }));
+      p = asked;
       kr.descriptions.set(parsed.keyId, p);
-      p.catch(() => kr.descriptions.delete(parsed.keyId)); // never cache a failure
+      const current = (): boolean => kr.descriptions.get(parsed.keyId) === asked;
+      p.then(
+        (d) => {
+          if (current()) kr.described.set(parsed.keyId, d);
+        },
+        () => {
+          if (current()) kr.descriptions.delete(parsed.keyId); // never cache a failure
+        },
+      );
     }
     return p;
+  }
+
+  /** The key's description as describe() answers it now from the cache, if it has arrived; undefined otherwise. */
+  cachedDescription(uri: string): KeyDescription | undefined {
+    const { parsed, kr } = this.resolve(uri);
+    const d = kr.described.get(parsed.keyId);
+    return d && applyPolicy(kr.config, d);
+  }
+
+  private forgetDescription(kr: Keyring, keyId: string): void {
+    kr.descriptions.delete(keyId);
+    kr.described.delete(keyId);
   }
 
   async sign(uri: string, req: SignRequest): Promise<Buffer> {
@@ -246,7 +269,7 @@ export class KeyService {
     const kr = this.keyring(keyring);
     // RSA-4096 generation can take seconds: allow it more than a signature.
     const { keyId } = await this.call(kr, `create ${name}`, (s) => kr.backend.create(name, spec as KeySpec, s, progress));
-    kr.descriptions.delete(keyId);
+    this.forgetDescription(kr, keyId);
     return this.describe(formatKeyUri(keyring, keyId));
   }
 
@@ -265,11 +288,11 @@ export class KeyService {
 
   async delete(uri: string): Promise<void> {
     const { parsed, kr } = this.resolve(uri);
-    kr.descriptions.delete(parsed.keyId);
+    this.forgetDescription(kr, parsed.keyId);
     try {
       await this.call(kr, `delete ${uri}`, (s) => kr.backend.delete(parsed.keyId, s));
     } finally {
-      kr.descriptions.delete(parsed.keyId);
+      this.forgetDescription(kr, parsed.keyId);
     }
   }
 

@@ -75,7 +75,7 @@ export interface NativeAddon {
   bridgeComplete(handle: BridgeHandle, reply: Buffer): void;
   /**
    * Grants (grants.c): lets this approved signature run without the KeyService's dispatch, on the
-   * bridge caller's thread (uid absent) or for one agent peer (signGranted). auditFd -1: no audit.
+   * bridge caller's thread (uid absent) or for one agent peer (answerGranted). auditFd -1: no audit.
    */
   grantSign(
     grant: {
@@ -94,6 +94,8 @@ export interface NativeAddon {
       gid?: number;
     } & ({ key: NativeKeyHandle; file: string; ino: number; mtimeMs: number; size: number } | { pkcs11: NativePkcs11Grant }),
   ): void;
+  /** Lets the agent's threads answer this peer's DESCRIBE of uri with reply (a DESCRIBE reply frame; its id is replaced). */
+  grantDescribe(grant: { uri: string; keyring: string; uid: number; gid: number; reply: Buffer; auditFd: number }): void;
   /** Ends the grants of one URI, or all of them. */
   revokeGrants(uri?: string): void;
   /** Ends every grant of one keyring (a PKCS#11 token reset, a delete, close). */
@@ -103,8 +105,8 @@ export interface NativeAddon {
    * at `path` (pkcs11_sign.c), false after timeoutMs. The module may be finalized only after true.
    */
   pkcs11Quiesce(path: string, timeoutMs: number): boolean;
-  /** What the agent's threads do with a peer's SIGN (serve.c): the reply frame if a grant for this uid and gid covered it, else null. */
-  signGranted(frame: Buffer, pid: number, uid: number, gid: number): Buffer | null;
+  /** What the agent's threads do with a peer's SIGN or DESCRIBE (serve.c): the reply frame if a grant for this uid and gid covered it, else null. */
+  answerGranted(frame: Buffer, pid: number, uid: number, gid: number): Buffer | null;
   /** Whether the provider is registered in Node's OpenSSL (once per process). */
   registration(): { provider: boolean; engine: boolean; openssl: string; error?: string; engineError?: string };
   /** Which channel the in-process provider uses. */

@@ -266,3 +266,52 @@ t.test('out of file descriptors, the agent pauses accepting instead of spinning,
   for (const c of waiting) c.s.destroy();
   t.equal(agent.child.exitCode, null, 'the agent is still running');
 });
+
+t.test('a description is given again by the threads to the peer that asked, until the key is deleted or made anew', async (t) => {
+  const box = sandbox(t);
+  const agent = await startAgent(t, box);
+  const uri = cliOk(t, box, ['keys', 'create', 'desc', '--keyring', 'local', '--type', 'ec-p256']).trim();
+  const pub = (f) => f.fields.find((x) => x.tag === Tag.PUBLIC_KEY)?.value;
+  const c = await raw(box.socket);
+  t.teardown(() => c.s.destroy());
+  c.s.write(hello(1));
+  await c.until(1);
+  let next = 2;
+  const ask = async () => {
+    const id = next++;
+    c.s.write(describe(id, uri));
+    await c.until(id);
+    return c.replies.get(id);
+  };
+  const first = await ask();
+  t.equal(first.status, 0, 'described by the KeyService');
+  await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
+  // The agent's main thread (JavaScript) runs for each request it answers: 300 of them would cost it 15 ms or more.
+  const mainNs = () => Number(fs.readFileSync(`/proc/${agent.child.pid}/task/${agent.child.pid}/schedstat`, 'utf8').split(' ')[0]);
+  const before = mainNs();
+  const again = [];
+  for (let i = 0; i < 300; i++) again.push(await ask());
+  const mainMs = (mainNs() - before) / 1e6;
+  t.ok(
+    again.every((f) => f.status === 0 && pub(f).equals(pub(first))),
+    '300 more: the same description',
+  );
+  t.ok(mainMs < 5, `given by the serving threads: the main thread ran ${mainMs.toFixed(1)} ms meanwhile`);
+  const audited = fs
+    .readFileSync(box.file('audit.log'), 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"op":"describe"') && l.includes(`"uri":"${uri}"`));
+  t.equal(audited.length, 301, 'each one audited once');
+  t.match(JSON.parse(audited.at(-1)), { pid: process.pid, uid: process.getuid(), op: 'describe', outcome: 'ok' }, 'naming the peer, as the KeyService does');
+
+  cliOk(t, box, ['keys', 'delete', uri]);
+  const gone = await ask();
+  t.equal(gone.status, 1, 'after a delete through the agent: NOT_FOUND, from the KeyService');
+  cliOk(t, box, ['keys', 'create', 'desc', '--keyring', 'local', '--type', 'ec-p256']);
+  const anew = await ask();
+  await new Promise((r) => setTimeout(r, 100));
+  const anewAgain = await ask();
+  const exported = crypto.createPublicKey(cliOk(t, box, ['keys', 'export', uri])).export({ type: 'spki', format: 'der' });
+  t.ok(pub(anew).equals(exported) && pub(anewAgain).equals(exported), 'made anew: the new key is described, then and after');
+  t.notOk(pub(anew).equals(pub(first)), 'not the old one');
+});

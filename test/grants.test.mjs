@@ -83,12 +83,12 @@ const result = (reply) => {
 };
 
 t.test('a granted signature: the right reply, a valid signature, one audit line for the asking peer', async (t) => {
-  const reply = addon.signGranted(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 4242, 1001, 2001);
+  const reply = addon.answerGranted(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 4242, 1001, 2001);
   t.ok(reply, 'answered');
   const r = result(reply);
   t.same([r.id, r.type, r.status], [7, MsgType.SIGN | 0x8000, 0], 'a SIGN reply with the request id');
   t.ok(crypto.verify('sha256', Buffer.from('granted'), ec.publicKey, r.sig), 'the signature verifies');
-  const pss = addon.signGranted(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 4242, 1001, 2001);
+  const pss = addon.answerGranted(signFrame('kms:t/rsa', 'rsa-pss', 'sha256', digest, [{ tag: Tag.SALT_LENGTH, value: 32 }]), 4242, 1001, 2001);
   t.ok(
     crypto.verify('sha256', Buffer.from('granted'), { key: rsa.publicKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, result(pss).sig),
     'RSA-PSS too',
@@ -105,7 +105,7 @@ t.test('a granted signature: the right reply, a valid signature, one audit line 
 });
 
 t.test('anything but the granted operation, peer and key file goes to the KeyService', async (t) => {
-  const miss = (frame, uid = 1001, gid = 2001) => addon.signGranted(frame, 1, uid, gid);
+  const miss = (frame, uid = 1001, gid = 2001) => addon.answerGranted(frame, 1, uid, gid);
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 1002), null, 'another uid');
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha256', digest), 1001, 2002), null, 'the same uid with another gid (allow_gids decided on the gid)');
   t.equal(miss(signFrame('kms:t/ec', 'ecdsa', 'sha384', crypto.randomBytes(48))), null, 'another digest');
@@ -138,7 +138,7 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
   const before = fs.readFileSync(auditFile, 'utf8').length;
   for (const len of [1, 32, 130, 5000]) {
     const msg = crypto.randomBytes(len);
-    const reply = addon.signGranted(edFrame(msg), 4343, 77, 77);
+    const reply = addon.answerGranted(edFrame(msg), 4343, 77, 77);
     t.ok(reply, `a ${len}-byte message is answered`);
     const sig = result(reply).sig;
     t.ok(crypto.verify(null, msg, ed.publicKey, sig), `its signature verifies`);
@@ -153,13 +153,49 @@ t.test('Ed25519: a grant without a digest covers messages of any length; the sha
   t.equal(lines.length, 4, 'one audit line each');
   t.match(lines[0], { pid: 4343, uid: 77, uri: 'kms:t/ed', op: 'sign', alg: 'ed25519', outcome: 'ok' });
   t.notOk('digest' in lines[0], 'naming no digest, as the KeyService does');
-  t.equal(addon.signGranted(edFrame(Buffer.from('x'), [{ tag: Tag.DIGEST, value: 'sha256' }]), 1, 77, 77), null, 'a request with a digest is not covered');
-  t.equal(addon.signGranted(edFrame(Buffer.from('x')), 1, 78, 77), null, 'nor another uid');
+  t.equal(addon.answerGranted(edFrame(Buffer.from('x'), [{ tag: Tag.DIGEST, value: 'sha256' }]), 1, 77, 77), null, 'a request with a digest is not covered');
+  t.equal(addon.answerGranted(edFrame(Buffer.from('x')), 1, 78, 77), null, 'nor another uid');
   const shape = { uri: 'kms:t/ed2', keyring: 't', key: handle(ed), ...file, auditFd: -1, uid: 77, gid: 77 };
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', digest: 'sha256', dataLength: 32 }), /none for ed25519/, 'Ed25519 with a digest is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ed25519', dataLength: 32 }), /0 for ed25519/, 'Ed25519 with a length is refused');
   t.throws(() => addon.grantSign({ ...shape, algorithm: 'ecdsa', dataLength: 0 }), /grantSign\(/, 'ECDSA without a digest is refused');
   addon.revokeGrants('kms:t/ed');
+});
+
+t.test('a granted description: the KeyService reply with the request id, for that uid and gid only, audited, revoked with the key', async (t) => {
+  const uri = 'kms:d/key';
+  const spki = ec.publicKey.export({ type: 'spki', format: 'der' });
+  const reply = encodeFrame({
+    id: 0,
+    type: MsgType.DESCRIBE | 0x8000,
+    status: 0,
+    fields: [
+      { tag: Tag.URI, value: uri },
+      { tag: Tag.PUBLIC_KEY, value: spki },
+    ],
+  });
+  const ask = (id, u = uri) => encodeFrame({ id, type: MsgType.DESCRIBE, status: 0, fields: [{ tag: Tag.URI, value: u }] });
+  addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply, auditFd });
+  const before = fs.readFileSync(auditFile, 'utf8').length;
+  const answer = addon.answerGranted(ask(77), 5150, 31, 32);
+  t.ok(answer, 'answered');
+  const f = decodeFrame(answer);
+  t.same([f.id, f.type, f.status], [77, MsgType.DESCRIBE | 0x8000, 0], 'with the request id');
+  t.ok(f.fields.find((x) => x.tag === Tag.PUBLIC_KEY).value.equals(spki), 'and the description granted');
+  const line = JSON.parse(fs.readFileSync(auditFile, 'utf8').slice(before).trim());
+  t.match(line, { pid: 5150, uid: 31, uri, op: 'describe', outcome: 'ok' }, 'one audit line, as the KeyService writes it');
+  t.notOk('alg' in line || 'digest' in line, 'naming no algorithm');
+  t.equal(addon.answerGranted(ask(78), 1, 31, 33), null, 'not for another gid');
+  t.equal(addon.answerGranted(ask(79), 1, 30, 32), null, 'nor another uid');
+  t.equal(addon.answerGranted(ask(80, 'kms:d/other'), 1, 31, 32), null, 'nor another key');
+  t.equal(addon.answerGranted(signFrame(uri, 'ecdsa', 'sha256', digest), 1, 31, 32), null, 'and it signs nothing');
+  addon.revokeGrants(uri);
+  t.equal(addon.answerGranted(ask(81), 1, 31, 32), null, "revoked with the key's grants");
+  addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply, auditFd: -1 });
+  addon.revokeKeyringGrants('d');
+  t.equal(addon.answerGranted(ask(82), 1, 31, 32), null, "and with its keyring's");
+  t.throws(() => addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply: ask(1), auditFd: -1 }), /a DESCRIBE reply frame/, 'only a DESCRIBE reply');
+  t.throws(() => addon.grantDescribe({ uri, keyring: 'd', uid: 31, reply, auditFd: -1 }), /grantDescribe\(/, 'for a peer named by uid and gid');
 });
 
 t.test('revoked grants answer nothing', async (t) => {
@@ -176,9 +212,9 @@ t.test('revoked grants answer nothing', async (t) => {
     uid: 5,
     gid: 5,
   });
-  t.ok(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), 'granted');
+  t.ok(addon.answerGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), 'granted');
   addon.revokeGrants('kms:t/again');
-  t.equal(addon.signGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), null, 'revoked');
+  t.equal(addon.answerGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), null, 'revoked');
   addon.grantSign({
     uri: 'kms:other/k',
     keyring: 'other',
@@ -204,8 +240,8 @@ t.test('revoked grants answer nothing', async (t) => {
     gid: 5,
   });
   addon.revokeKeyringGrants('other');
-  t.equal(addon.signGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5, 5), null, "a keyring's grants revoked together");
-  t.ok(addon.signGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5, 5), "another keyring's kept");
+  t.equal(addon.answerGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5, 5), null, "a keyring's grants revoked together");
+  t.ok(addon.answerGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5, 5), "another keyring's kept");
   t.throws(() => addon.grantSign({ uri: 'kms:t/x' }), /grantSign\(/, 'an incomplete grant is refused with its shape');
   t.throws(
     () =>
@@ -236,7 +272,7 @@ t.test(
     grant('kms:reuse/pkcs1', 'rsa-pkcs1', rsa);
     t.teardown(() => addon.revokeKeyringGrants('reuse'));
     const pss = [{ tag: Tag.SALT_LENGTH, value: 32 }];
-    const sigOf = (uri, alg, extra = []) => result(addon.signGranted(signFrame(uri, alg, 'sha256', digest, extra), 1, 1, 1)).sig.toString('base64');
+    const sigOf = (uri, alg, extra = []) => result(addon.answerGranted(signFrame(uri, alg, 'sha256', digest, extra), 1, 1, 1)).sig.toString('base64');
 
     const ecSigs = Array.from({ length: 100 }, () => sigOf('kms:reuse/ec', 'ecdsa'));
     t.equal(new Set(ecSigs).size, 100, '100 ECDSA signatures of one digest: 100 different ones (a fresh nonce each)');
@@ -273,7 +309,7 @@ t.test(
       while (Atomics.load(ready, 0) < 4) Atomics.wait(ready, 0, Atomics.load(ready, 0), 10);
       const sigs = [];
       for (let i = 0; i < 2000; i++) {
-        const reply = addon.signGranted(frame, 1, 1, 1);
+        const reply = addon.answerGranted(frame, 1, 1, 1);
         sigs.push(reply ? decodeFrame(reply).fields.find((f) => f.tag === Tag.RESULT).value.toString('base64') : null);
       }
       parentPort.postMessage(sigs);
@@ -515,7 +551,7 @@ t.test('property: the table answers exactly the frames a grant covers, and each 
   let answered = 0;
   fc.assert(
     fc.property(frameArb, ({ frame, uid, gid }) => {
-      const reply = addon.signGranted(frame, 1, uid, gid);
+      const reply = addon.answerGranted(frame, 1, uid, gid);
       let f = null;
       try {
         f = decodeFrame(frame);

@@ -26,7 +26,11 @@
  * token (module, slot, object handle): the serving thread then signs on the
  * token itself (pkcs11_sign.c). Those are never offered to in-process callers,
  * whose threads are the application's own and must not wait on a token
- * without the KeyService's timeout.
+ * without the KeyService's timeout. And a peer's DESCRIBE, once the
+ * KeyService has answered it from its cache of descriptions, is answered
+ * again for that peer with the same reply and audit line (a process per
+ * command describes its key each time); the agent revokes it with the key's
+ * other grants, and grants it only from what the cache holds at that moment.
  *
  * JS surface:
  *   grantSign({ uri, keyring, algorithm, digest, mgf1Digest?, saltLength?,
@@ -36,10 +40,13 @@
  *                            Ed25519: no digest, dataLength 0;
  *                            uid and gid: the only peer it is for (both
  *                            absent: any caller of this process's bridge)
+ *   grantDescribe({ uri, keyring, uid, gid, reply, auditFd })
+ *                            reply: the DESCRIBE reply frame (id replaced)
  *   revokeGrants(uri?)       one URI's grants, or all of them
  *   revokeKeyringGrants(keyring)  every grant of one keyring
- *   signGranted(frame, pid, uid, gid) -> reply frame | null
- *                            what serve.c does for an agent peer
+ *   answerGranted(frame, pid, uid, gid) -> reply frame | null
+ *                            what serve.c does for an agent peer's SIGN
+ *                            or DESCRIBE
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -60,7 +67,7 @@
 
 #define MAX_GRANTS 256
 
-enum grant_kind { GRANT_LOCAL, GRANT_PKCS11 };
+enum grant_kind { GRANT_LOCAL, GRANT_PKCS11, GRANT_DESCRIBE };
 
 struct grant {
     enum grant_kind kind;
@@ -82,6 +89,9 @@ struct grant {
     struct p11_module *module;
     struct p11_key p11;
     int max_inside; /* serving threads inside the module at once */
+    /* GRANT_DESCRIBE: the KeyService's reply (id 0), from its cache */
+    uint8_t *reply;
+    size_t reply_len;
 };
 
 /* Who asks, for matching and for the audit line. */
@@ -103,6 +113,7 @@ static void grant_free(struct grant *g)
     free(g->uri);
     free(g->keyring);
     free(g->file);
+    free(g->reply);
     local_signer_free(g->signer);
     memset(g, 0, sizeof(*g));
 }
@@ -167,7 +178,8 @@ static int matches(const struct grant *g, const struct caller *c,
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
     /* an agent peer's access was decided on its uid and gid (allow_gids) */
-    return (g->uid < 0 || ((unsigned long)g->uid == c->who.uid &&
+    return g->kind != GRANT_DESCRIBE &&
+           (g->uid < 0 || ((unsigned long)g->uid == c->who.uid &&
                            (unsigned long)g->gid == c->who.gid)) &&
            (g->kind == GRANT_LOCAL || c->agent_peer) &&
            string_is(m, KB_TAG_URI, g->uri) &&
@@ -247,8 +259,11 @@ static void audit(int fd, const struct audited *a, const struct caller *c,
                   "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":",
                   when, now.tv_nsec / 1000000L, c->who.pid, c->who.uid);
     p = json_string(p, a->uri, a->uri_len);
-    p += snprintf(p, (size_t)(end - p), ",\"op\":\"sign\",\"alg\":\"%s\"",
-                  a->algorithm);
+    if (a->algorithm[0] == '\0') /* a description */
+        p += snprintf(p, (size_t)(end - p), ",\"op\":\"describe\"");
+    else
+        p += snprintf(p, (size_t)(end - p), ",\"op\":\"sign\",\"alg\":\"%s\"",
+                      a->algorithm);
     if (a->digest[0] != '\0') /* none for Ed25519, as in audit.ts */
         p += snprintf(p, (size_t)(end - p), ",\"digest\":\"%s\"", a->digest);
     int tail = snprintf(p, (size_t)(end - p),
@@ -358,6 +373,42 @@ static int sign_granted(const uint8_t *frame, size_t len,
     return done;
 }
 
+/* Answers a DESCRIBE that a grant covers for this agent peer: the reply the
+ * KeyService gave it from its cache of descriptions, with the request's id,
+ * after the same audit line. 1 with the reply in |out|. */
+static int describe_granted(const uint8_t *frame, size_t len,
+                            const struct caller *c, struct kb_buf *out)
+{
+    if (atomic_load(&ngrants_hint) == 0 || len < KB_WIRE_HEADER_LEN ||
+        ((frame[8] << 8) | frame[9]) != KB_MSG_DESCRIBE)
+        return 0;
+    struct kb_wire_msg *m = NULL;
+    char why[64];
+    if (!kb_wire_decode(frame, len, &m, why, sizeof(why)))
+        return 0; /* the KeyService reports it */
+    const struct kb_wire_field *uri = field(m, KB_TAG_URI);
+    double started = now_ms();
+    int done = 0;
+    pthread_rwlock_rdlock(&lock);
+    for (size_t i = 0; uri != NULL && i < ngrants && !done; i++) {
+        const struct grant *g = &grants[i];
+        if (g->kind != GRANT_DESCRIBE || (unsigned long)g->uid != c->who.uid ||
+            (unsigned long)g->gid != c->who.gid ||
+            !string_is(m, KB_TAG_URI, g->uri) ||
+            (out->data = malloc(g->reply_len)) == NULL)
+            continue;
+        memcpy(out->data, g->reply, g->reply_len);
+        out->len = out->cap = g->reply_len;
+        kb_frame_set_id(out->data, m->id);
+        struct audited a = {.uri = (const char *)uri->val, .uri_len = uri->len};
+        audit(audit_fd, &a, c, now_ms() - started);
+        done = 1;
+    }
+    pthread_rwlock_unlock(&lock);
+    kb_wire_msg_free(m);
+    return done;
+}
+
 int grants_try(const struct kb_buf *req, struct kb_wire_msg **reply)
 {
     if (atomic_load(&ngrants_hint) == 0)
@@ -376,10 +427,11 @@ int grants_answer(const uint8_t *frame, size_t len, const struct kb_peer *peer,
                   struct kb_buf *out)
 {
     struct caller c = {*peer, 1};
-    return sign_granted(frame, len, &c, out);
+    return sign_granted(frame, len, &c, out) ||
+           describe_granted(frame, len, &c, out);
 }
 
-/* signGranted(frame, pid, uid, gid) -> reply | null: serve.c's question,
+/* answerGranted(frame, pid, uid, gid) -> reply | null: serve.c's question,
  * asked from JavaScript (tests). */
 static napi_value sign_granted_js(napi_env env, napi_callback_info info)
 {
@@ -395,7 +447,7 @@ static napi_value sign_granted_js(napi_env env, napi_callback_info info)
         napi_get_value_int64(env, argv[2], &uid) != napi_ok || uid < 0 ||
         napi_get_value_int64(env, argv[3], &gid) != napi_ok || gid < 0)
         return addon_throw(env, "ERR_INVALID_ARG",
-                           "signGranted(frame, pid, uid, gid)");
+                           "answerGranted(frame, pid, uid, gid)");
     struct kb_peer peer = {(long)pid, (unsigned long)uid, (unsigned long)gid};
     struct kb_buf out = {0};
     if (!grants_answer(frame, len, &peer, &out) ||
@@ -574,6 +626,56 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+/* grantDescribe({ uri, keyring, uid, gid, reply, auditFd }) */
+static napi_value grant_describe(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1], reply;
+    struct grant g = {.kind = GRANT_DESCRIBE, .salt = -1};
+    char uri[KB_WIRE_MAX_STRING + 1], keyring[256];
+    double uid, gid, fd;
+    void *bytes = NULL;
+    size_t n = 0;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1 || !get_string(env, argv[0], "uri", uri, sizeof(uri), 1) ||
+        !get_string(env, argv[0], "keyring", keyring, sizeof(keyring), 1) ||
+        !get_number(env, argv[0], "uid", &uid, 1) || uid < 0 ||
+        !get_number(env, argv[0], "gid", &gid, 1) || gid < 0 ||
+        !get_number(env, argv[0], "auditFd", &fd, 1) ||
+        napi_get_named_property(env, argv[0], "reply", &reply) != napi_ok ||
+        napi_get_buffer_info(env, reply, &bytes, &n) != napi_ok ||
+        n < KB_WIRE_HEADER_LEN ||
+        ((((uint8_t *)bytes)[8] << 8) | ((uint8_t *)bytes)[9]) !=
+            (KB_MSG_DESCRIBE | KB_WIRE_REPLY_BIT))
+        return addon_throw(env, "ERR_INVALID_ARG",
+                           "grantDescribe({ uri, keyring, uid, gid, reply (a "
+                           "DESCRIBE reply frame), auditFd })");
+    g.uid = (int64_t)uid;
+    g.gid = (int64_t)gid;
+    pthread_rwlock_wrlock(&lock);
+    audit_fd = (int)fd;
+    for (size_t i = 0; i < ngrants; i++) {
+        const struct grant *o = &grants[i];
+        if (o->kind == GRANT_DESCRIBE && strcmp(o->uri, uri) == 0 &&
+            o->uid == g.uid && o->gid == g.gid) {
+            remove_locked(i);
+            break;
+        }
+    }
+    if (ngrants < MAX_GRANTS && (g.uri = strdup(uri)) != NULL &&
+        (g.keyring = strdup(keyring)) != NULL &&
+        (g.reply = malloc(n)) != NULL) {
+        memcpy(g.reply, bytes, n);
+        g.reply_len = n;
+        grants[ngrants++] = g;
+    } else {
+        grant_free(&g);
+    }
+    atomic_store(&ngrants_hint, ngrants);
+    pthread_rwlock_unlock(&lock);
+    return NULL;
+}
+
 static napi_value revoke_grants(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
@@ -621,11 +723,13 @@ napi_status grants_register(napi_env env, napi_value exports)
 {
     const napi_property_descriptor props[] = {
         {"grantSign", NULL, grant_sign, NULL, NULL, NULL, napi_default, NULL},
+        {"grantDescribe", NULL, grant_describe, NULL, NULL, NULL, napi_default,
+         NULL},
         {"revokeGrants", NULL, revoke_grants, NULL, NULL, NULL, napi_default,
          NULL},
         {"revokeKeyringGrants", NULL, revoke_keyring_grants, NULL, NULL, NULL,
          napi_default, NULL},
-        {"signGranted", NULL, sign_granted_js, NULL, NULL, NULL, napi_default,
+        {"answerGranted", NULL, sign_granted_js, NULL, NULL, NULL, napi_default,
          NULL},
     };
     return napi_define_properties(env, exports,

@@ -9,9 +9,10 @@
  * connection, frame its requests and answer, on their own, only what needs no
  * decision: the HELLO of a peer the agent's policy admits (its owner, or a
  * uid or gid some keyring allows; the reply is the agent's own, given at
- * start), PING, and a SIGN that a grant covers for this peer's uid and gid
- * (grants.c: the KeyService approved that exact operation before; each use
- * still checks the key file and writes its audit line). Every other frame,
+ * start), PING, and a SIGN or DESCRIBE that a grant covers for this peer's
+ * uid and gid (grants.c: the KeyService approved that exact operation before;
+ * each use of a signature grant still checks the key file, and every one
+ * writes its audit line). Every other frame,
  * and every frame of a connection not greeted, goes to JavaScript in arrival
  * order; its reply comes back through serveReply(). A process per command
  * (openssl, curl) thus waits for JavaScript only where a decision is made.
@@ -493,7 +494,7 @@ static int answer_here(struct server *s, struct conn *c, const uint8_t *frame,
                       ((uint32_t)frame[6] << 8) | frame[7];
         kb_frame_begin(&out, id, KB_MSG_PING | KB_WIRE_REPLY_BIT, KB_STATUS_OK);
         done = kb_frame_end(&out);
-    } else if (type == KB_MSG_SIGN) {
+    } else if (type == KB_MSG_SIGN || type == KB_MSG_DESCRIBE) {
         done = grants_answer(frame, len, &c->peer, &out);
     }
     if (done) {
