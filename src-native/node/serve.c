@@ -12,10 +12,10 @@
  * start), PING, and a SIGN or DESCRIBE that a grant covers for this peer's
  * uid and gid (grants.c: the KeyService approved that exact operation before;
  * each use of a signature grant still checks the key file, and every one
- * writes its audit line). Every other frame,
- * and every frame of a connection not greeted, goes to JavaScript in arrival
- * order; its reply comes back through serveReply(). A process per command
- * (openssl, curl) thus waits for JavaScript only where a decision is made.
+ * writes its audit line). Every other frame, and every frame of a connection
+ * not greeted, goes to JavaScript in arrival order; its reply comes back
+ * through serveReply(). A process per command (openssl, curl) thus waits for
+ * JavaScript only where a decision is made.
  *
  * The threads share one epoll set in which each connection is registered
  * edge-triggered, once: a request costs a wake-up, a read and a send, with
@@ -446,10 +446,10 @@ static void batch_emit(struct server *s, struct conn *c, struct batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-/* The first frame from a peer the policy admits: if it is a
- * HELLO in the agent's version, answers it as the agent would and lets the
- * threads serve the connection. Anything else (another version, a frame the
- * codec refuses) goes to JavaScript, which answers or refuses it by name. */
+/* The first frame from a peer the policy admits: if it is a HELLO in the
+ * agent's version, answers it as the agent would and lets the threads serve
+ * the connection. Anything else (another version, a frame the codec refuses)
+ * goes to JavaScript, which answers or refuses it by name. */
 static int greet_here(struct server *s, struct conn *c, const uint8_t *frame,
                       size_t len)
 {
