@@ -200,45 +200,15 @@ t.test('a granted description: the KeyService reply with the request id, for tha
 
 t.test('revoked grants answer nothing', async (t) => {
   const file = keyFile('again.key');
-  addon.grantSign({
-    uri: 'kms:t/again',
-    keyring: 't',
-    algorithm: 'ecdsa',
-    digest: 'sha256',
-    dataLength: 32,
-    key: handle(ec),
-    ...file,
-    auditFd: -1,
-    uid: 5,
-    gid: 5,
-  });
+  /** An ECDSA grant of |uri| in |keyring| for uid and gid 5. */
+  const grant = (uri, keyring) =>
+    addon.grantSign({ uri, keyring, algorithm: 'ecdsa', digest: 'sha256', dataLength: 32, key: handle(ec), ...file, auditFd: -1, uid: 5, gid: 5 });
+  grant('kms:t/again', 't');
   t.ok(addon.answerGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), 'granted');
   addon.revokeGrants('kms:t/again');
   t.equal(addon.answerGranted(signFrame('kms:t/again', 'ecdsa', 'sha256', digest), 1, 5, 5), null, 'revoked');
-  addon.grantSign({
-    uri: 'kms:other/k',
-    keyring: 'other',
-    algorithm: 'ecdsa',
-    digest: 'sha256',
-    dataLength: 32,
-    key: handle(ec),
-    ...file,
-    auditFd: -1,
-    uid: 5,
-    gid: 5,
-  });
-  addon.grantSign({
-    uri: 'kms:kept/k',
-    keyring: 'kept',
-    algorithm: 'ecdsa',
-    digest: 'sha256',
-    dataLength: 32,
-    key: handle(ec),
-    ...file,
-    auditFd: -1,
-    uid: 5,
-    gid: 5,
-  });
+  grant('kms:other/k', 'other');
+  grant('kms:kept/k', 'kept');
   addon.revokeKeyringGrants('other');
   t.equal(addon.answerGranted(signFrame('kms:other/k', 'ecdsa', 'sha256', digest), 1, 5, 5), null, "a keyring's grants revoked together");
   t.ok(addon.answerGranted(signFrame('kms:kept/k', 'ecdsa', 'sha256', digest), 1, 5, 5), "another keyring's kept");

@@ -312,19 +312,29 @@ static int sign_local(const struct grant *g, const struct kb_wire_field *data,
                              sizeof(err));
 }
 
+/* |frame| decoded, if it is a request of |type| and grants exist; NULL
+ * otherwise (a frame the codec refuses is the KeyService's to report). */
+static struct kb_wire_msg *decode_request(const uint8_t *frame, size_t len,
+                                          uint16_t type)
+{
+    struct kb_wire_msg *m = NULL;
+    char why[64];
+    if (atomic_load(&ngrants_hint) == 0 || len < KB_WIRE_HEADER_LEN ||
+        ((frame[8] << 8) | frame[9]) != type ||
+        !kb_wire_decode(frame, len, &m, why, sizeof(why)))
+        return NULL;
+    return m;
+}
+
 /* Runs a granted SIGN: 1 with the encoded reply in |out|, 0 if no grant
  * covers it (or the key file changed, or the signature failed: the KeyService
  * then answers and reports). */
 static int sign_granted(const uint8_t *frame, size_t len,
                         const struct caller *c, struct kb_buf *out)
 {
-    if (atomic_load(&ngrants_hint) == 0 || len < KB_WIRE_HEADER_LEN ||
-        ((frame[8] << 8) | frame[9]) != KB_MSG_SIGN)
+    struct kb_wire_msg *m = decode_request(frame, len, KB_MSG_SIGN);
+    if (m == NULL)
         return 0;
-    struct kb_wire_msg *m = NULL;
-    char why[64];
-    if (!kb_wire_decode(frame, len, &m, why, sizeof(why)))
-        return 0; /* the KeyService reports it */
     const struct kb_wire_field *data = field(m, KB_TAG_DATA);
     const struct kb_wire_field *uri = field(m, KB_TAG_URI);
     unsigned char *sig = NULL;
@@ -379,13 +389,9 @@ static int sign_granted(const uint8_t *frame, size_t len,
 static int describe_granted(const uint8_t *frame, size_t len,
                             const struct caller *c, struct kb_buf *out)
 {
-    if (atomic_load(&ngrants_hint) == 0 || len < KB_WIRE_HEADER_LEN ||
-        ((frame[8] << 8) | frame[9]) != KB_MSG_DESCRIBE)
+    struct kb_wire_msg *m = decode_request(frame, len, KB_MSG_DESCRIBE);
+    if (m == NULL)
         return 0;
-    struct kb_wire_msg *m = NULL;
-    char why[64];
-    if (!kb_wire_decode(frame, len, &m, why, sizeof(why)))
-        return 0; /* the KeyService reports it */
     const struct kb_wire_field *uri = field(m, KB_TAG_URI);
     double started = now_ms();
     int done = 0;

@@ -926,6 +926,17 @@ static struct server *args(napi_env env, napi_callback_info info, size_t want,
     return s->stopped ? NULL : s;
 }
 
+/* The handle, the only argument; NULL if it is not one. */
+static struct server *handle_only(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
+        argc < 1)
+        return NULL;
+    return get_server(env, argv[0]);
+}
+
 /* Serves |fd| (owned from here on), a connection from |peer| that a thread
  * accepted; tells JavaScript of it before any of its frames can reach it.
  * Its id, or 0 with |*failed|. */
@@ -1178,11 +1189,8 @@ static napi_value serve_listen(napi_env env, napi_callback_info info)
  * the caller to remove). Those accepted stay served. */
 static napi_value serve_unlisten(napi_env env, napi_callback_info info)
 {
-    size_t argc = 1;
-    napi_value argv[1];
-    struct server *s = NULL;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
-        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+    struct server *s = handle_only(env, info);
+    if (s == NULL)
         return addon_throw(env, "ERR_INVALID_ARG", "serveUnlisten(handle)");
     if (stop_listening(s) && s->tsfn != NULL)
         napi_unref_threadsafe_function(env, s->tsfn);
@@ -1290,11 +1298,9 @@ static napi_value serve_close(napi_env env, napi_callback_info info)
 
 static napi_value serve_queued(napi_env env, napi_callback_info info)
 {
-    size_t argc = 1;
-    napi_value argv[1], result;
-    struct server *s = NULL;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
-        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+    napi_value result;
+    struct server *s = handle_only(env, info);
+    if (s == NULL)
         return addon_throw(env, "ERR_INVALID_ARG", "serveQueued(handle)");
     napi_get_boolean(env, atomic_load(&s->queued) > 0, &result);
     return result;
@@ -1302,11 +1308,8 @@ static napi_value serve_queued(napi_env env, napi_callback_info info)
 
 static napi_value serve_stop(napi_env env, napi_callback_info info)
 {
-    size_t argc = 1;
-    napi_value argv[1];
-    struct server *s = NULL;
-    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok ||
-        argc < 1 || (s = get_server(env, argv[0])) == NULL)
+    struct server *s = handle_only(env, info);
+    if (s == NULL)
         return addon_throw(env, "ERR_INVALID_ARG", "serveStop(handle)");
     napi_value joined;
     napi_get_boolean(env, server_stop(s, true), &joined);
