@@ -195,7 +195,7 @@ export class Token {
 
   private findSlot(lib: PKCS11): Buffer {
     const seen = () => listTokens(tokensSeen(lib));
-    const slots = lib.C_GetSlotList(true);
+    const slots: Buffer[] = lib.C_GetSlotList(true);
     let found: Buffer[];
     if (this.opts.tokenLabel !== undefined) {
       found = slots.filter((s) => {
