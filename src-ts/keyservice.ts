@@ -39,9 +39,13 @@ export type SignGrant = BackendGrant & { keyring: string; dataLength: number };
 interface Keyring {
   config: KeyringConfig;
   backend: Backend;
-  descriptions: Map<string, Promise<KeyDescription>>;
-  /** The descriptions of |descriptions| that have arrived, for answers made without waiting (cachedDescription). */
-  described: Map<string, KeyDescription>;
+  descriptions: Map<string, CachedDescription>;
+}
+
+/** A key's description as asked of its backend; value once it has arrived, for answers made without waiting. */
+interface CachedDescription {
+  promise: Promise<KeyDescription>;
+  value?: KeyDescription;
 }
 
 /** Who is asking: the agent fills this from SO_PEERCRED. */
@@ -79,7 +83,7 @@ export class KeyService {
     let kr = this.keyrings.get(name);
     if (!kr) {
       const config = this.keyringConfig(name);
-      kr = { config, backend: createBackend(config, this.factories), descriptions: new Map(), described: new Map() };
+      kr = { config, backend: createBackend(config, this.factories), descriptions: new Map() };
       this.keyrings.set(name, kr);
     }
     return kr;
@@ -152,34 +156,26 @@ export class KeyService {
   /** What the backend can do with the key, before the keyring's policy; cached. */
   private async describeRaw(uri: string): Promise<KeyDescription> {
     const { parsed, kr } = this.resolve(uri);
-    let p = kr.descriptions.get(parsed.keyId);
-    if (!p) {
-      const asked = this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d }));
-      p = asked;
-      kr.descriptions.set(parsed.keyId, p);
-      const current = (): boolean => kr.descriptions.get(parsed.keyId) === asked;
-      p.then(
-        (d) => {
-          if (current()) kr.described.set(parsed.keyId, d);
-        },
-        () => {
-          if (current()) kr.descriptions.delete(parsed.keyId); // never cache a failure
-        },
+    let cached = kr.descriptions.get(parsed.keyId);
+    if (!cached) {
+      const entry: CachedDescription = {
+        promise: this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d })),
+      };
+      entry.promise.then(
+        (d) => (entry.value = d),
+        () => kr.descriptions.get(parsed.keyId) === entry && kr.descriptions.delete(parsed.keyId), // never cache a failure
       );
+      kr.descriptions.set(parsed.keyId, entry);
+      cached = entry;
     }
-    return p;
+    return cached.promise;
   }
 
   /** The key's description as describe() answers it now from the cache, if it has arrived; undefined otherwise. */
   cachedDescription(uri: string): KeyDescription | undefined {
     const { parsed, kr } = this.resolve(uri);
-    const d = kr.described.get(parsed.keyId);
+    const d = kr.descriptions.get(parsed.keyId)?.value;
     return d && applyPolicy(kr.config, d);
-  }
-
-  private forgetDescription(kr: Keyring, keyId: string): void {
-    kr.descriptions.delete(keyId);
-    kr.described.delete(keyId);
   }
 
   async sign(uri: string, req: SignRequest): Promise<Buffer> {
@@ -269,7 +265,7 @@ export class KeyService {
     const kr = this.keyring(keyring);
     // RSA-4096 generation can take seconds: allow it more than a signature.
     const { keyId } = await this.call(kr, `create ${name}`, (s) => kr.backend.create(name, spec as KeySpec, s, progress));
-    this.forgetDescription(kr, keyId);
+    kr.descriptions.delete(keyId);
     return this.describe(formatKeyUri(keyring, keyId));
   }
 
@@ -288,11 +284,11 @@ export class KeyService {
 
   async delete(uri: string): Promise<void> {
     const { parsed, kr } = this.resolve(uri);
-    this.forgetDescription(kr, parsed.keyId);
+    kr.descriptions.delete(parsed.keyId);
     try {
       await this.call(kr, `delete ${uri}`, (s) => kr.backend.delete(parsed.keyId, s));
     } finally {
-      this.forgetDescription(kr, parsed.keyId);
+      kr.descriptions.delete(parsed.keyId);
     }
   }
 

@@ -56,10 +56,8 @@ export interface NativeAddon {
   serveListen(server: ServeHandle, path: string, policy: { ownUid: number; uids: number[]; gids: number[] } | null): void;
   /** Accepts no more connections; those accepted stay. */
   serveUnlisten(server: ServeHandle): void;
-  /** Whether the connection's HELLO was accepted (by serveGreeted, or by the threads for a peer the policy admits). */
+  /** Whether the threads accepted the connection's HELLO (a peer the policy admits): then they answer its PING and grants. */
   serveIsGreeted(server: ServeHandle, id: number): boolean;
-  /** The peer's HELLO was accepted: PING and granted signatures may be answered by the threads. */
-  serveGreeted(server: ServeHandle, id: number): void;
   /** Queues a reply; end: close once it is sent. False if the connection has gone. */
   serveReply(server: ServeHandle, id: number, frame: Buffer, end: boolean): boolean;
   serveClose(server: ServeHandle, id: number): void;

@@ -172,15 +172,20 @@ static int string_is(const struct kb_wire_msg *m, uint16_t tag,
            memcmp(f->val, want, f->len) == 0;
 }
 
+/* Whether |g| is for |c|: an agent peer's access was decided on its uid and
+ * gid (allow_gids), so a grant for one names both. */
+static int for_caller(const struct grant *g, const struct caller *c)
+{
+    return g->uid < 0 || ((unsigned long)g->uid == c->who.uid &&
+                          (unsigned long)g->gid == c->who.gid);
+}
+
 static int matches(const struct grant *g, const struct caller *c,
                    const struct kb_wire_msg *m,
                    const struct kb_wire_field *data)
 {
     const struct kb_wire_field *salt = field(m, KB_TAG_SALT_LENGTH);
-    /* an agent peer's access was decided on its uid and gid (allow_gids) */
-    return g->kind != GRANT_DESCRIBE &&
-           (g->uid < 0 || ((unsigned long)g->uid == c->who.uid &&
-                           (unsigned long)g->gid == c->who.gid)) &&
+    return g->kind != GRANT_DESCRIBE && for_caller(g, c) &&
            (g->kind == GRANT_LOCAL || c->agent_peer) &&
            string_is(m, KB_TAG_URI, g->uri) &&
            string_is(m, KB_TAG_ALGORITHM, g->algorithm) &&
@@ -228,6 +233,7 @@ static char *json_string(char *out, const char *s, size_t len)
 
 /* What an audit line names; the strings are the request's, which matched. */
 struct audited {
+    const char *op; /* "sign" or "describe" */
     const char *uri;
     size_t uri_len;
     char algorithm[16];
@@ -259,11 +265,9 @@ static void audit(int fd, const struct audited *a, const struct caller *c,
                   "{\"time\":\"%s.%03ldZ\",\"pid\":%ld,\"uid\":%lu,\"uri\":",
                   when, now.tv_nsec / 1000000L, c->who.pid, c->who.uid);
     p = json_string(p, a->uri, a->uri_len);
-    if (a->algorithm[0] == '\0') /* a description */
-        p += snprintf(p, (size_t)(end - p), ",\"op\":\"describe\"");
-    else
-        p += snprintf(p, (size_t)(end - p), ",\"op\":\"sign\",\"alg\":\"%s\"",
-                      a->algorithm);
+    p += snprintf(p, (size_t)(end - p), ",\"op\":\"%s\"", a->op);
+    if (a->algorithm[0] != '\0') /* none for a description */
+        p += snprintf(p, (size_t)(end - p), ",\"alg\":\"%s\"", a->algorithm);
     if (a->digest[0] != '\0') /* none for Ed25519, as in audit.ts */
         p += snprintf(p, (size_t)(end - p), ",\"digest\":\"%s\"", a->digest);
     int tail = snprintf(p, (size_t)(end - p),
@@ -341,7 +345,7 @@ static int sign_granted(const uint8_t *frame, size_t len,
     size_t sig_len = 0;
     int signed_ok = 0, done = 0;
     double started = now_ms();
-    struct audited a = {0};
+    struct audited a = {.op = "sign"};
 
     pthread_rwlock_rdlock(&lock);
     const struct grant *g = NULL;
@@ -398,15 +402,16 @@ static int describe_granted(const uint8_t *frame, size_t len,
     pthread_rwlock_rdlock(&lock);
     for (size_t i = 0; uri != NULL && i < ngrants && !done; i++) {
         const struct grant *g = &grants[i];
-        if (g->kind != GRANT_DESCRIBE || (unsigned long)g->uid != c->who.uid ||
-            (unsigned long)g->gid != c->who.gid ||
+        if (g->kind != GRANT_DESCRIBE || !for_caller(g, c) ||
             !string_is(m, KB_TAG_URI, g->uri) ||
             (out->data = malloc(g->reply_len)) == NULL)
             continue;
         memcpy(out->data, g->reply, g->reply_len);
         out->len = out->cap = g->reply_len;
         kb_frame_set_id(out->data, m->id);
-        struct audited a = {.uri = (const char *)uri->val, .uri_len = uri->len};
+        struct audited a = {.op = "describe",
+                            .uri = (const char *)uri->val,
+                            .uri_len = uri->len};
         audit(audit_fd, &a, c, now_ms() - started);
         done = 1;
     }
@@ -539,6 +544,42 @@ static int get_pkcs11(napi_env env, napi_value obj, struct grant *g, char *err,
     return g->module != NULL;
 }
 
+/* Whether |o| is the grant |g| would be (the same operation for the same
+ * peer): a key read again replaces it. */
+static int same_grant(const struct grant *o, const struct grant *g)
+{
+    return (o->kind == GRANT_DESCRIBE) == (g->kind == GRANT_DESCRIBE) &&
+           strcmp(o->uri, g->uri) == 0 &&
+           strcmp(o->algorithm, g->algorithm) == 0 &&
+           strcmp(o->digest, g->digest) == 0 && strcmp(o->mgf1, g->mgf1) == 0 &&
+           o->salt == g->salt && o->uid == g->uid && o->gid == g->gid;
+}
+
+/* Puts |g| in the table (which owns it from here, or it is freed: the table
+ * is full, or a copy it needs could not be made), in place of the grant it
+ * replaces; |fd|: where granted operations write their audit line. */
+static void store(struct grant *g, const char *uri, const char *keyring, int fd)
+{
+    g->uri = strdup(uri);
+    g->keyring = strdup(keyring);
+    int whole = g->uri != NULL && g->keyring != NULL &&
+                (g->kind != GRANT_LOCAL || g->file != NULL) &&
+                (g->kind != GRANT_DESCRIBE || g->reply != NULL);
+    pthread_rwlock_wrlock(&lock);
+    audit_fd = fd;
+    for (size_t i = 0; whole && i < ngrants; i++)
+        if (same_grant(&grants[i], g)) {
+            remove_locked(i);
+            break;
+        }
+    if (whole && ngrants < MAX_GRANTS)
+        grants[ngrants++] = *g;
+    else
+        grant_free(g);
+    atomic_store(&ngrants_hint, ngrants);
+    pthread_rwlock_unlock(&lock);
+}
+
 static napi_value grant_sign(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
@@ -601,34 +642,9 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
             NULL)
         return addon_throw(env, "ERR_INVALID_ARG", err);
 
-    pthread_rwlock_wrlock(&lock);
-    audit_fd = (int)fd;
-    for (size_t i = 0; i < ngrants; i++) {
-        /* the same operation on a key read again: the new key replaces it */
-        struct grant *o = &grants[i];
-        if (strcmp(o->uri, uri) == 0 &&
-            strcmp(o->algorithm, g.algorithm) == 0 &&
-            strcmp(o->digest, g.digest) == 0 && strcmp(o->mgf1, g.mgf1) == 0 &&
-            o->salt == g.salt && o->uid == g.uid && o->gid == g.gid) {
-            remove_locked(i);
-            break;
-        }
-    }
-    int stored = 0;
-    if (ngrants < MAX_GRANTS && (g.uri = strdup(uri)) != NULL &&
-        (g.keyring = strdup(keyring)) != NULL) {
-        if (g.kind == GRANT_PKCS11)
-            stored = 1;
-        else
-            stored = (g.file = strdup(file)) != NULL;
-    }
-    if (stored) {
-        grants[ngrants++] = g;
-    } else {
-        grant_free(&g);
-    }
-    atomic_store(&ngrants_hint, ngrants);
-    pthread_rwlock_unlock(&lock);
+    if (g.kind == GRANT_LOCAL)
+        g.file = strdup(file);
+    store(&g, uri, keyring, (int)fd);
     return NULL;
 }
 
@@ -658,27 +674,11 @@ static napi_value grant_describe(napi_env env, napi_callback_info info)
                            "DESCRIBE reply frame), auditFd })");
     g.uid = (int64_t)uid;
     g.gid = (int64_t)gid;
-    pthread_rwlock_wrlock(&lock);
-    audit_fd = (int)fd;
-    for (size_t i = 0; i < ngrants; i++) {
-        const struct grant *o = &grants[i];
-        if (o->kind == GRANT_DESCRIBE && strcmp(o->uri, uri) == 0 &&
-            o->uid == g.uid && o->gid == g.gid) {
-            remove_locked(i);
-            break;
-        }
-    }
-    if (ngrants < MAX_GRANTS && (g.uri = strdup(uri)) != NULL &&
-        (g.keyring = strdup(keyring)) != NULL &&
-        (g.reply = malloc(n)) != NULL) {
+    if ((g.reply = malloc(n)) != NULL) {
         memcpy(g.reply, bytes, n);
         g.reply_len = n;
-        grants[ngrants++] = g;
-    } else {
-        grant_free(&g);
     }
-    atomic_store(&ngrants_hint, ngrants);
-    pthread_rwlock_unlock(&lock);
+    store(&g, uri, keyring, (int)fd);
     return NULL;
 }
 

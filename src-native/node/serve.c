@@ -57,9 +57,9 @@
  *                                              (umask: the caller's); the
  *                                              policy: whom the threads greet
  *   serveUnlisten(handle)                      no more connections
- *   serveIsGreeted(handle, id) -> boolean      HELLO accepted, here or there
- *   serveGreeted(handle, id)                   HELLO accepted: PING and
- *                                              grants may be answered here
+ *   serveIsGreeted(handle, id) -> boolean      the threads accepted its
+ *                                              HELLO: PING and grants are
+ *                                              answered here
  *   serveReply(handle, id, frame, end)         end: close once it is sent
  *   serveClose(handle, id)
  *   serveQueued(handle) -> boolean             frames handed to JavaScript
@@ -111,7 +111,7 @@ struct conn {
     uint32_t id;
     int fd;
     struct kb_peer peer;
-    bool may_greet;  /* the agent approved the peer: a good HELLO is ours */
+    bool may_greet;  /* the policy admits the peer: a good HELLO is ours */
     bool first_read; /* its first frame has been parsed */
     atomic_bool greeted;
     /* Input: touched only by the thread that serves the connection (or,
@@ -485,7 +485,6 @@ static int answer_here(struct server *s, struct conn *c, const uint8_t *frame,
         c->first_read = true;
         return first && c->may_greet && greet_here(s, c, frame, len);
     }
-    c->first_read = true;
     uint16_t type = (uint16_t)((frame[8] << 8) | frame[9]);
     struct kb_buf out = {0};
     int done = 0;
@@ -746,6 +745,13 @@ static bool join_threads(struct server *s)
     return all;
 }
 
+static void policy_free(struct policy *p)
+{
+    free(p->uids);
+    free(p->gids);
+    *p = (struct policy){0};
+}
+
 /* Closes the listening socket; false if there was none. */
 static bool stop_listening(struct server *s)
 {
@@ -756,9 +762,7 @@ static bool stop_listening(struct server *s)
         close(fd);
         s->listenfd = -1;
     }
-    free(s->policy.uids);
-    free(s->policy.gids);
-    s->policy = (struct policy){0};
+    policy_free(&s->policy);
     pthread_mutex_unlock(&s->listen_mu);
     return fd >= 0;
 }
@@ -937,17 +941,15 @@ static struct server *handle_only(napi_env env, napi_callback_info info)
     return get_server(env, argv[0]);
 }
 
-/* Serves |fd| (owned from here on), a connection from |peer| that a thread
- * accepted; tells JavaScript of it before any of its frames can reach it.
- * Its id, or 0 with |*failed|. */
-static uint32_t adopt(struct server *s, int fd, struct kb_peer peer,
-                      bool may_greet, const char **failed)
+/* Serves |fd| (non-blocking, owned from here on), a connection from |peer|
+ * that a thread accepted; tells JavaScript of it before any of its frames
+ * can reach it. One that cannot be served is closed. */
+static void adopt(struct server *s, int fd, struct kb_peer peer, bool may_greet)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         close(fd);
-        *failed = "out of memory";
-        return 0;
+        return;
     }
     c->fd = fd;
     c->peer = peer;
@@ -955,16 +957,12 @@ static uint32_t adopt(struct server *s, int fd, struct kb_peer peer,
     /* a peer is not polled for until it has shown that it asks quickly */
     atomic_init(&c->gaps.average_ns, KB_SPIN_LIMIT_NS);
     pthread_mutex_init(&c->mu, NULL);
-    *failed = NULL;
-    if (fcntl(c->fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0)
-        *failed = strerror(errno);
-
-    uint32_t id = 0;
+    bool failed = false;
     pthread_mutex_lock(&s->mu);
     size_t slot = 0;
     while (slot < s->nslots && s->slots[slot] != NULL)
         slot++;
-    if (*failed == NULL && slot == s->nslots) {
+    if (slot == s->nslots) {
         size_t n = s->nslots ? s->nslots * 2 : 64;
         struct conn **slots =
             n <= MAX_SLOTS ? realloc(s->slots, n * sizeof(*slots)) : NULL;
@@ -972,7 +970,7 @@ static uint32_t adopt(struct server *s, int fd, struct kb_peer peer,
             s->slots = slots;
         uint16_t *gens = slots ? realloc(s->gens, n * sizeof(*gens)) : NULL;
         if (gens == NULL) {
-            *failed = "too many connections";
+            failed = true; /* too many connections */
         } else {
             s->gens = gens;
             memset(s->slots + s->nslots, 0,
@@ -981,27 +979,24 @@ static uint32_t adopt(struct server *s, int fd, struct kb_peer peer,
             s->nslots = n;
         }
     }
-    if (*failed == NULL) {
+    if (!failed) {
         s->gens[slot] = (uint16_t)(s->gens[slot] % 0xfff + 1); /* id != 0 */
         c->id = (uint32_t)slot | ((uint32_t)s->gens[slot] << SLOT_BITS);
         struct epoll_event ev = {.events = WATCH, .data.u64 = c->id};
         emit_opened(s, c->id, &peer);
         s->slots[slot] = c;
-        id = c->id;
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
-            *failed = strerror(errno);
+            failed = true;
             s->slots[slot] = NULL;
-            emit_closed(s, id, "could not serve the connection");
-            id = 0;
+            emit_closed(s, c->id, "could not serve the connection");
         }
     }
     /* From here a serving thread may close and free |c| at any time. */
     pthread_mutex_unlock(&s->mu);
-    if (*failed != NULL) {
+    if (failed) {
         close(c->fd);
         conn_free(c);
     }
-    return id;
 }
 
 /* ---- listening ------------------------------------------------------- */
@@ -1056,8 +1051,7 @@ static void accept_turn(struct server *s)
         }
         struct kb_peer peer = {(long)cred.pid, (unsigned long)cred.uid,
                                (unsigned long)cred.gid};
-        const char *failed;
-        adopt(s, fd, peer, approved(&s->policy, &peer), &failed);
+        adopt(s, fd, peer, approved(&s->policy, &peer));
     }
     if (pause)
         atomic_store(&s->accept_retry_at,
@@ -1076,13 +1070,6 @@ static void accept_resume(struct server *s)
     pthread_mutex_lock(&s->listen_mu);
     rearm_listen_locked(s);
     pthread_mutex_unlock(&s->listen_mu);
-}
-
-static void policy_free(struct policy *p)
-{
-    free(p->uids);
-    free(p->gids);
-    *p = (struct policy){0};
 }
 
 /* Reads the numbers of array |name| of |obj| into |*out| (NULL when
@@ -1197,23 +1184,7 @@ static napi_value serve_unlisten(napi_env env, napi_callback_info info)
     return NULL;
 }
 
-static napi_value serve_greeted(napi_env env, napi_callback_info info)
-{
-    napi_value argv[2];
-    int64_t id;
-    struct server *s = args(env, info, 2, argv, &id);
-    if (s == NULL)
-        return NULL;
-    pthread_mutex_lock(&s->mu);
-    struct conn *c = lookup_locked(s, (uint64_t)id);
-    if (c != NULL)
-        atomic_store(&c->greeted, true);
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
-/* Whether the connection's HELLO has been accepted, by JavaScript or, for a
- * peer the policy admits, by the threads (greet_here). */
+/* Whether the threads accepted the connection's HELLO (greet_here). */
 static napi_value serve_is_greeted(napi_env env, napi_callback_info info)
 {
     napi_value argv[2], result;
@@ -1325,8 +1296,6 @@ napi_status serve_register(napi_env env, napi_value exports)
         {"serveListen", NULL, serve_listen, NULL, NULL, NULL, napi_default,
          NULL},
         {"serveUnlisten", NULL, serve_unlisten, NULL, NULL, NULL, napi_default,
-         NULL},
-        {"serveGreeted", NULL, serve_greeted, NULL, NULL, NULL, napi_default,
          NULL},
         {"serveReply", NULL, serve_reply, NULL, NULL, NULL, napi_default, NULL},
         {"serveClose", NULL, serve_close, NULL, NULL, NULL, napi_default, NULL},

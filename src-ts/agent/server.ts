@@ -177,8 +177,8 @@ export class Agent {
         if (!this.mayConnect(conn.peer)) {
           throw new KmsError(2, `uid ${conn.peer.uid} may not use this agent; its owner (uid ${this.ownUid}) can allow it with allow_uids in the config`);
         }
+        // The threads did not greet this admitted peer (their decoder refused a HELLO this one accepts): all of it comes here.
         conn.greeted = true;
-        native().serveGreeted(this.serving, conn.id);
         this.send(conn, reply);
       } catch (err) {
         const e = asKmsError(err);
