@@ -88,17 +88,17 @@ export class Grants {
    * sent: a key deleted or made anew meanwhile has no description cached, or a new one.
    */
   private grantDescribe(uri: string, peer: Pick<Peer, 'uid' | 'gid'>): void {
-    let fields;
+    let current;
     try {
-      const d = this.ks.cachedDescription(uri);
-      if (!d) return;
-      fields = describeToFields(d);
+      current = this.ks.cachedDescription(uri);
+      if (!current) return;
     } catch {
       return; // a keyring gone: the KeyService answers
     }
     try {
-      const reply = encodeFrame({ id: 0, type: MsgType.DESCRIBE | REPLY_BIT, status: 0, fields });
-      native().grantDescribe({ uri, keyring: parseKeyUri(uri).keyring, uid: peer.uid, gid: peer.gid, reply, auditFd: this.opts.auditFd });
+      const reply = encodeFrame({ id: 0, type: MsgType.DESCRIBE | REPLY_BIT, status: 0, fields: describeToFields(current.description) });
+      const { uid, gid } = peer;
+      native().grantDescribe({ uri, keyring: parseKeyUri(uri).keyring, uid, gid, reply, auditFd: this.opts.auditFd, ...current.source });
     } catch {
       // No grant (the table is full): the KeyService keeps answering.
     }

@@ -13,7 +13,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { ErrorCode, KmsError, asKmsError, badRequest, keyUnusable, notFound, unsupported } from './errors.js';
 import type { Config, KeyringConfig } from './config.js';
-import type { Backend, BackendGrant, GrantOptions, Progress } from './backends/backend.js';
+import { fileUnchanged, type Backend, type BackendGrant, type FileIdentity, type GrantOptions, type Progress } from './backends/backend.js';
 import { native, type NativeKeyHandle, type NativeOpOptions } from './native.js';
 import { BACKENDS, createBackend, type BackendFactory } from './backends/index.js';
 import { formatKeyUri, parseKeyUri, type KeyUri } from './uri.js';
@@ -42,10 +42,20 @@ interface Keyring {
   descriptions: Map<string, CachedDescription>;
 }
 
-/** A key's description as asked of its backend; value once it has arrived, for answers made without waiting. */
+/**
+ * A key's description as asked of its backend; value once it has arrived, for answers made without waiting; source:
+ * the key file it was read from, if it has one (it holds while that file does).
+ */
 interface CachedDescription {
   promise: Promise<KeyDescription>;
   value?: KeyDescription;
+  source?: FileIdentity;
+}
+
+/** A description from the cache and the key file it was read from, if any. */
+export interface CurrentDescription {
+  description: KeyDescription;
+  source?: FileIdentity;
 }
 
 /** Who is asking: the agent fills this from SO_PEERCRED. */
@@ -153,13 +163,16 @@ export class KeyService {
     return applyPolicy(kr.config, await this.describeRaw(uri));
   }
 
-  /** What the backend can do with the key, before the keyring's policy; cached. */
+  /** What the backend can do with the key, before the keyring's policy; cached while its key file is unchanged. */
   private async describeRaw(uri: string): Promise<KeyDescription> {
     const { parsed, kr } = this.resolve(uri);
-    let cached = kr.descriptions.get(parsed.keyId);
+    let cached = this.currentEntry(kr, parsed.keyId);
     if (!cached) {
       const entry: CachedDescription = {
-        promise: this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then((d) => ({ uri, ...d })),
+        promise: this.call(kr, `describe ${uri}`, (s) => kr.backend.describe(parsed.keyId, s)).then(({ source, ...d }) => {
+          if (source) entry.source = source;
+          return { uri, ...d };
+        }),
       };
       entry.promise.then(
         (d) => (entry.value = d),
@@ -171,11 +184,22 @@ export class KeyService {
     return cached.promise;
   }
 
-  /** The key's description as describe() answers it now from the cache, if it has arrived; undefined otherwise. */
-  cachedDescription(uri: string): KeyDescription | undefined {
+  /** The cache entry of a key, unless it was read from a key file since replaced or deleted (then it is dropped). */
+  private currentEntry(kr: Keyring, keyId: string): CachedDescription | undefined {
+    const cached = kr.descriptions.get(keyId);
+    if (cached?.source && !fileUnchanged(cached.source)) {
+      kr.descriptions.delete(keyId);
+      return undefined;
+    }
+    return cached;
+  }
+
+  /** The key's description as describe() answers it now from the cache, if it has arrived and still holds. */
+  cachedDescription(uri: string): CurrentDescription | undefined {
     const { parsed, kr } = this.resolve(uri);
-    const d = kr.descriptions.get(parsed.keyId)?.value;
-    return d && applyPolicy(kr.config, d);
+    const entry = this.currentEntry(kr, parsed.keyId);
+    if (!entry?.value) return undefined;
+    return { description: applyPolicy(kr.config, entry.value), ...(entry.source ? { source: entry.source } : {}) };
   }
 
   async sign(uri: string, req: SignRequest): Promise<Buffer> {

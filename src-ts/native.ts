@@ -1,6 +1,7 @@
 import path from 'node:path';
 import nodeGypBuild from 'node-gyp-build';
 import type { Peer } from './keyservice.js';
+import type { FileIdentity } from './backends/backend.js';
 
 /** A signature on a PKCS#11 token that the agent's serving threads may run (pkcs11_sign.c). */
 export interface NativePkcs11Grant {
@@ -92,8 +93,11 @@ export interface NativeAddon {
       gid?: number;
     } & ({ key: NativeKeyHandle; file: string; ino: number; mtimeMs: number; size: number } | { pkcs11: NativePkcs11Grant }),
   ): void;
-  /** Lets the agent's threads answer this peer's DESCRIBE of uri with reply (a DESCRIBE reply frame; its id is replaced). */
-  grantDescribe(grant: { uri: string; keyring: string; uid: number; gid: number; reply: Buffer; auditFd: number }): void;
+  /**
+   * Lets the agent's threads answer this peer's DESCRIBE of uri with reply (a DESCRIBE reply frame; its id is replaced);
+   * file, ino, mtimeMs, size (all or none): the key file it was read from, while which it holds.
+   */
+  grantDescribe(grant: { uri: string; keyring: string; uid: number; gid: number; reply: Buffer; auditFd: number } & Partial<FileIdentity>): void;
   /** Ends the grants of one URI, or all of them. */
   revokeGrants(uri?: string): void;
   /** Ends every grant of one keyring (a PKCS#11 token reset, a delete, close). */

@@ -267,7 +267,7 @@ t.test('out of file descriptors, the agent pauses accepting instead of spinning,
   t.equal(agent.child.exitCode, null, 'the agent is still running');
 });
 
-t.test('a description is given again by the threads to the peer that asked, until the key is deleted or made anew', async (t) => {
+t.test('a description is given again by the threads to the peer that asked, until the key is deleted, made anew or its file replaced', async (t) => {
   const box = sandbox(t);
   const agent = await startAgent(t, box);
   const uri = cliOk(t, box, ['keys', 'create', 'desc', '--keyring', 'local', '--type', 'ec-p256']).trim();
@@ -285,6 +285,8 @@ t.test('a description is given again by the threads to the peer that asked, unti
   };
   const first = await ask();
   t.equal(first.status, 0, 'described by the KeyService');
+  const keyFile = path.join(box.dir, 'keys-local', 'desc.key');
+  fs.copyFileSync(keyFile, box.file('desc.key.backup'));
   await new Promise((r) => setTimeout(r, 100)); // the grant follows the answer
   // The agent's main thread (JavaScript) runs for each request it answers: 300 of them would cost it 15 ms or more.
   const mainNs = () => Number(fs.readFileSync(`/proc/${agent.child.pid}/task/${agent.child.pid}/schedstat`, 'utf8').split(' ')[0]);
@@ -313,16 +315,25 @@ t.test('a description is given again by the threads to the peer that asked, unti
   const anewAgain = await ask();
   t.ok(pub(anewAgain).equals(pub(anew)), 'made anew: described the same, then and after');
   t.notOk(pub(anew).equals(pub(first)), 'not as the old one');
-  // That description is the new key's: openssl checks a signature it makes against it.
-  const id = next++;
-  c.s.write(signFrame(id, uri, 'made anew'));
-  await c.until(id);
-  fs.writeFileSync(box.file('anew.der'), pub(anewAgain));
-  fs.writeFileSync(box.file('anew.sig'), c.replies.get(id).fields.find((x) => x.tag === Tag.RESULT).value);
-  fs.writeFileSync(box.file('anew.msg'), 'made anew');
-  t.match(
-    opensslOk(t, ['dgst', '-sha256', '-verify', box.file('anew.der'), '-keyform', 'DER', '-signature', box.file('anew.sig'), box.file('anew.msg')]),
-    /Verified OK/,
-    'openssl verifies a signature of the new key with it',
-  );
+  // That description is the key's that signs: openssl checks a signature it makes against it.
+  const verifies = async (description, what) => {
+    const id = next++;
+    c.s.write(signFrame(id, uri, what));
+    await c.until(id);
+    fs.writeFileSync(box.file('desc.der'), pub(description));
+    fs.writeFileSync(box.file('desc.sig'), c.replies.get(id).fields.find((x) => x.tag === Tag.RESULT).value);
+    fs.writeFileSync(box.file('desc.msg'), what);
+    const args = ['dgst', '-sha256', '-verify', box.file('desc.der'), '-keyform', 'DER', '-signature', box.file('desc.sig'), box.file('desc.msg')];
+    return opensslOk(t, args);
+  };
+  t.match(await verifies(anewAgain, 'made anew'), /Verified OK/, 'openssl verifies a signature of the new key with it');
+
+  // The old key's file restored from a backup behind the agent's back (as an operator would, with cp): the threads no
+  // longer give the new key's description, and the KeyService reads the restored key.
+  fs.copyFileSync(box.file('desc.key.backup'), keyFile);
+  const restored = await ask();
+  await new Promise((r) => setTimeout(r, 100));
+  const restoredAgain = await ask();
+  t.ok(pub(restored).equals(pub(first)) && pub(restoredAgain).equals(pub(first)), 'restored: described as the old key, then and after');
+  t.match(await verifies(restoredAgain, 'restored'), /Verified OK/, 'openssl verifies a signature of the restored key with it');
 });

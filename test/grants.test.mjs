@@ -196,6 +196,20 @@ t.test('a granted description: the KeyService reply with the request id, for tha
   t.equal(addon.answerGranted(ask(82), 1, 31, 32), null, "and with its keyring's");
   t.throws(() => addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply: ask(1), auditFd: -1 }), /a DESCRIBE reply frame/, 'only a DESCRIBE reply');
   t.throws(() => addon.grantDescribe({ uri, keyring: 'd', uid: 31, reply, auditFd: -1 }), /grantDescribe\(/, 'for a peer named by uid and gid');
+
+  // Read from a key file: given while that file is the one it was read from.
+  const file = keyFile('described.key');
+  addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply, auditFd: -1, ...file });
+  t.ok(addon.answerGranted(ask(83), 1, 31, 32), 'a description of a key file: given while the file is unchanged');
+  fs.appendFileSync(file.file, ' ');
+  t.equal(addon.answerGranted(ask(84), 1, 31, 32), null, 'not once it has changed');
+  addon.revokeGrants(uri);
+  const { size, ...partial } = file;
+  t.throws(
+    () => addon.grantDescribe({ uri, keyring: 'd', uid: 31, gid: 32, reply, auditFd: -1, ...partial }),
+    /together or not at all/,
+    'a key file named by its whole identity',
+  );
 });
 
 t.test('revoked grants answer nothing', async (t) => {

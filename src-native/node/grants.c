@@ -31,6 +31,8 @@
  * again for that peer with the same reply and audit line (a process per
  * command describes its key each time); the agent revokes it with the key's
  * other grants, and grants it only from what the cache holds at that moment.
+ * A description read from a key file holds while that file does, as a local
+ * key's signature grant does.
  *
  * JS surface:
  *   grantSign({ uri, keyring, algorithm, digest, mgf1Digest?, saltLength?,
@@ -40,8 +42,10 @@
  *                            Ed25519: no digest, dataLength 0;
  *                            uid and gid: the only peer it is for (both
  *                            absent: any caller of this process's bridge)
- *   grantDescribe({ uri, keyring, uid, gid, reply, auditFd })
- *                            reply: the DESCRIBE reply frame (id replaced)
+ *   grantDescribe({ uri, keyring, uid, gid, reply, auditFd,
+ *                   file?, ino?, mtimeMs?, size? })
+ *                            reply: the DESCRIBE reply frame (id replaced);
+ *                            file...: the key file it was read from
  *   revokeGrants(uri?)       one URI's grants, or all of them
  *   revokeKeyringGrants(keyring)  every grant of one keyring
  *   answerGranted(frame, pid, uid, gid) -> reply frame | null
@@ -81,7 +85,9 @@ struct grant {
     int64_t uid, gid;   /* the peer it is for; -1: any caller in this process */
     /* GRANT_LOCAL */
     struct local_signer *signer;
-    char *file; /* the key file and its identity when it was read */
+    /* GRANT_LOCAL, and GRANT_DESCRIBE of a local key: the key file and its
+     * identity when it was read; NULL for none */
+    char *file;
     uint64_t ino;
     double mtime_ms;
     int64_t size;
@@ -404,6 +410,7 @@ static int describe_granted(const uint8_t *frame, size_t len,
         const struct grant *g = &grants[i];
         if (g->kind != GRANT_DESCRIBE || !for_caller(g, c) ||
             !string_is(m, KB_TAG_URI, g->uri) ||
+            (g->file != NULL && !file_unchanged(g)) ||
             (out->data = malloc(g->reply_len)) == NULL)
             continue;
         memcpy(out->data, g->reply, g->reply_len);
@@ -504,23 +511,38 @@ static int get_number(napi_env env, napi_value obj, const char *name,
     return napi_get_value_double(env, v, out) == napi_ok;
 }
 
+/* A key file's identity as it was read ({ file, ino, mtimeMs, size }), into
+ * |file| and |g|; with |required| 0, also 1 when all four are absent (|file|
+ * left ""). */
+static int get_file_identity(napi_env env, napi_value obj, struct grant *g,
+                             char *file, size_t file_size, int required)
+{
+    double ino, size;
+    if (!get_string(env, obj, "file", file, file_size, required) ||
+        !get_number(env, obj, "ino", &ino, required) ||
+        !get_number(env, obj, "mtimeMs", &g->mtime_ms, required) ||
+        !get_number(env, obj, "size", &size, required))
+        return 0;
+    if (file[0] == '\0') /* absent: then so must the rest be */
+        return ino < 0 && g->mtime_ms < 0 && size < 0;
+    if (ino < 0 || size < 0)
+        return 0;
+    g->ino = (uint64_t)ino;
+    g->size = (int64_t)size;
+    return 1;
+}
+
 /* The local key of a grant: the loaded key and its file's identity. */
 static int get_local(napi_env env, napi_value obj, struct grant *g, char *file,
                      size_t file_size, EVP_PKEY **pkey)
 {
     napi_value v;
-    double ino, size;
-    if (!get_string(env, obj, "file", file, file_size, 1) ||
-        !get_number(env, obj, "ino", &ino, 1) ||
-        !get_number(env, obj, "mtimeMs", &g->mtime_ms, 1) ||
-        !get_number(env, obj, "size", &size, 1) ||
+    if (!get_file_identity(env, obj, g, file, file_size, 1) ||
         napi_get_named_property(env, obj, "key", &v) != napi_ok ||
         napi_get_value_external(env, v, (void **)pkey) != napi_ok ||
         *pkey == NULL)
         return 0;
     g->kind = GRANT_LOCAL;
-    g->ino = (uint64_t)ino;
-    g->size = (int64_t)size;
     return 1;
 }
 
@@ -558,12 +580,16 @@ static int same_grant(const struct grant *o, const struct grant *g)
 /* Puts |g| in the table (which owns it from here, or it is freed: the table
  * is full, or a copy it needs could not be made), in place of the grant it
  * replaces; |fd|: where granted operations write their audit line. */
-static void store(struct grant *g, const char *uri, const char *keyring, int fd)
+static void store(struct grant *g, const char *uri, const char *keyring,
+                  const char *file_name, int fd)
 {
     g->uri = strdup(uri);
     g->keyring = strdup(keyring);
+    if (file_name != NULL)
+        g->file = strdup(file_name);
     int whole = g->uri != NULL && g->keyring != NULL &&
                 (g->kind != GRANT_LOCAL || g->file != NULL) &&
+                (file_name == NULL || g->file != NULL) &&
                 (g->kind != GRANT_DESCRIBE || g->reply != NULL);
     pthread_rwlock_wrlock(&lock);
     audit_fd = fd;
@@ -642,19 +668,18 @@ static napi_value grant_sign(napi_env env, napi_callback_info info)
             NULL)
         return addon_throw(env, "ERR_INVALID_ARG", err);
 
-    if (g.kind == GRANT_LOCAL)
-        g.file = strdup(file);
-    store(&g, uri, keyring, (int)fd);
+    store(&g, uri, keyring, g.kind == GRANT_LOCAL ? file : NULL, (int)fd);
     return NULL;
 }
 
-/* grantDescribe({ uri, keyring, uid, gid, reply, auditFd }) */
+/* grantDescribe({ uri, keyring, uid, gid, reply, auditFd, file?, ino?,
+ * mtimeMs?, size? }) */
 static napi_value grant_describe(napi_env env, napi_callback_info info)
 {
     size_t argc = 1;
     napi_value argv[1], reply;
     struct grant g = {.kind = GRANT_DESCRIBE, .salt = -1};
-    char uri[KB_WIRE_MAX_STRING + 1], keyring[256];
+    char uri[KB_WIRE_MAX_STRING + 1], keyring[256], file[4096] = "";
     double uid, gid, fd;
     void *bytes = NULL;
     size_t n = 0;
@@ -664,6 +689,7 @@ static napi_value grant_describe(napi_env env, napi_callback_info info)
         !get_number(env, argv[0], "uid", &uid, 1) || uid < 0 ||
         !get_number(env, argv[0], "gid", &gid, 1) || gid < 0 ||
         !get_number(env, argv[0], "auditFd", &fd, 1) ||
+        !get_file_identity(env, argv[0], &g, file, sizeof(file), 0) ||
         napi_get_named_property(env, argv[0], "reply", &reply) != napi_ok ||
         napi_get_buffer_info(env, reply, &bytes, &n) != napi_ok ||
         n < KB_WIRE_HEADER_LEN ||
@@ -671,14 +697,15 @@ static napi_value grant_describe(napi_env env, napi_callback_info info)
             (KB_MSG_DESCRIBE | KB_WIRE_REPLY_BIT))
         return addon_throw(env, "ERR_INVALID_ARG",
                            "grantDescribe({ uri, keyring, uid, gid, reply (a "
-                           "DESCRIBE reply frame), auditFd })");
+                           "DESCRIBE reply frame), auditFd, and file, ino, "
+                           "mtimeMs, size together or not at all })");
     g.uid = (int64_t)uid;
     g.gid = (int64_t)gid;
     if ((g.reply = malloc(n)) != NULL) {
         memcpy(g.reply, bytes, n);
         g.reply_len = n;
     }
-    store(&g, uri, keyring, (int)fd);
+    store(&g, uri, keyring, file[0] != '\0' ? file : NULL, (int)fd);
     return NULL;
 }
 

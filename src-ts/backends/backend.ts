@@ -1,8 +1,12 @@
+import fs from 'node:fs';
 import type { NativeKeyHandle, NativePkcs11Grant } from '../native.js';
 import type { DecryptRequest, EncryptRequest, KeyDescription, KeySpec, KeySummary, SignRequest, VerifyRequest } from '../types.js';
 
-/** What a backend reports for a key; the KeyService adds the URI. */
-export type BackendKeyDescription = Omit<KeyDescription, 'uri'>;
+/**
+ * What a backend reports for a key; the KeyService adds the URI. source: the file it was read from, where a file
+ * replaced under the same key id changes the key (local keys); the description holds while that file does.
+ */
+export type BackendKeyDescription = Omit<KeyDescription, 'uri'> & { source?: FileIdentity };
 export type BackendKeySummary = Omit<KeySummary, 'uri'> & { keyId: string };
 
 /** Progress of long work (RSA-4096 generation), for a terminal. */
@@ -14,6 +18,22 @@ export interface FileIdentity {
   ino: number;
   mtimeMs: number;
   size: number;
+}
+
+/** What `stat` says of file now; undefined if it is gone. */
+export function fileIdentity(file: string): FileIdentity | undefined {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return undefined;
+  }
+  return { file, ino: st.ino, mtimeMs: st.mtimeMs, size: st.size };
+}
+
+/** Whether the file is still the one read as `was`. */
+export function fileUnchanged(was: FileIdentity, now: FileIdentity | undefined = fileIdentity(was.file)): boolean {
+  return now !== undefined && now.ino === was.ino && now.mtimeMs === was.mtimeMs && now.size === was.size;
 }
 
 /**

@@ -20,6 +20,8 @@ import {
   mayRunInline,
   privateOpEnded,
   privateOpStarted,
+  fileIdentity,
+  fileUnchanged,
   type Backend,
   type LocalGrant,
   type BackendKeyDescription,
@@ -310,18 +312,15 @@ export class LocalBackend implements Backend {
 
   private async load(name: string): Promise<LoadedKey> {
     const file = this.keyFile(name);
-    let identity: FileIdentity;
-    try {
-      const st = fs.statSync(file);
-      identity = { file, ino: st.ino, mtimeMs: st.mtimeMs, size: st.size };
-    } catch {
+    const identity = fileIdentity(file);
+    if (!identity) {
       this.keys.delete(name);
       throw notFound(
         `key '${name}' not found in keyring '${this.cfg.name}' (store ${this.dir}); list keys with: kmsbridge keys list --keyring ${this.cfg.name}`,
       );
     }
     const cached = this.keys.get(name);
-    if (cached && cached.file.ino === identity.ino && cached.file.mtimeMs === identity.mtimeMs && cached.file.size === identity.size) return cached;
+    if (cached && fileUnchanged(cached.file, identity)) return cached;
 
     const kek = await this.openStore(false);
     let kf: KeyFile;
@@ -368,6 +367,7 @@ export class LocalBackend implements Backend {
       algorithms,
       digests: info.keyType === 'ed25519' ? [] : [...DIGESTS],
       pssSalt: 'any',
+      source: key.file,
     };
   }
 
