@@ -216,7 +216,7 @@ static enum io_result took(ssize_t r, size_t *got)
 
 /*
  * A nap (spin.h): sleeps until the reply or |c|'s timer |nap_ns| away,
- * whichever comes first; after the timer, polls for up to |poll_ns|, reading
+ * whichever comes first; after the timer, polls for up to |poll_ns|; reads
  * what came into |p| (at most |max|, *|got|). *|woke_ns| says how it went:
  * when the timer woke the caller, -1 when the reply came first, 0 when no
  * nap happened (no timer, the deadline, a signal). Whatever has not come
@@ -246,7 +246,7 @@ static enum io_result nap(struct conn *c, uint8_t *p, size_t max, size_t *got,
         return IO_OK;
     if (fds[0].revents != 0) {
         *woke_ns = -1; /* setting the timer again resets it: no read */
-        return IO_OK;
+        return took(recv(c->fd, p, max, MSG_DONTWAIT), got); /* no poll */
     }
     *woke_ns = kb_now_ns();
     return took(kb_spin_recv(c->fd, p, max, poll_ns, NULL), got);
