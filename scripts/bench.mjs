@@ -425,18 +425,25 @@ async function tlsSection(ctx, avail) {
 // ---- 4. the channel's no-op round trip ----------------------------------------------
 
 async function pingSection(ctx) {
-  const row = newRow('ping', { what: 'PING' }, ['agent', 'napi']);
+  // pair-*: the machine's own cost of a round trip in which each side sleeps (no kmsbridge code), for comparison
+  const variants = ['agent', 'napi', 'pair-processes', 'pair-threads'];
+  const row = newRow('ping', { what: 'PING' }, variants);
   for (let r = 0; r < PLAN.rounds; r++) {
     progress(`4. channel no-op round trip: round ${r + 1}/${PLAN.rounds}`);
-    for (const v of rotate(['agent', 'napi'], r)) {
+    for (const v of rotate(variants, r)) {
+      const count = String(PLAN.pingCount);
       await runCell(row, v, r, `ping ${v}`, () =>
         v === 'agent'
-          ? measure(KBBENCH, ['ping', '--socket', ctx.sock, '--count', String(PLAN.pingCount)], ctx.env)
-          : measure(process.execPath, [path.join(ROOT, 'scripts', 'bench', 'napi-ping.mjs'), String(PLAN.pingCount)], ctx.env),
+          ? measure(KBBENCH, ['ping', '--socket', ctx.sock, '--count', count], ctx.env)
+          : v === 'napi'
+            ? measure(process.execPath, [path.join(ROOT, 'scripts', 'bench', 'napi-ping.mjs'), count], ctx.env)
+            : measure(KBBENCH, ['pingpong', '--between', v.slice('pair-'.length), '--count', count], ctx.env),
       );
     }
-    const f = (v) => row.cells[v].rounds[r];
-    progress(`  agent socket ${f('agent')?.latUsMedian?.toFixed(1) ?? '–'} µs, N-API bridge ${f('napi')?.latUsMedian?.toFixed(1) ?? '–'} µs (medians)`);
+    const f = (v) => row.cells[v].rounds[r]?.latUsMedian?.toFixed(1) ?? '–';
+    progress(
+      `  agent socket ${f('agent')} µs, N-API bridge ${f('napi')} µs; sleeping round trip between processes ${f('pair-processes')} µs, threads ${f('pair-threads')} µs (medians)`,
+    );
   }
   return [row];
 }

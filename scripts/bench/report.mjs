@@ -192,8 +192,14 @@ export function markdown(results) {
       `## 4. The channel itself: a no-op (PING) round trip, µs\n\nMedian over rounds of each round's median and p99 [min–max of those].\n\n` +
         table(
           ['channel', 'median µs', 'p99 µs', 'calls per round'],
-          [line('agent', 'agent socket (kbbench → channel_agent.c → agent)'), line('napi', 'N-API bridge (main thread → KeyService worker, channelPing)')],
-        ),
+          [
+            line('agent', 'agent socket (kbbench → channel_agent.c → agent)'),
+            line('napi', 'N-API bridge (main thread → KeyService worker, channelPing)'),
+            line('pair-processes', 'for comparison: a socketpair between two processes, each sleeping in read()'),
+            line('pair-threads', 'for comparison: the same between two threads of one process'),
+          ],
+        ) +
+        "\n\nThe last two are the machine's own price of a round trip whose two sides sleep until the other writes (`kbbench pingpong`, no kmsbridge code): what a caller that waits for the agent pays in wake-ups. The agent socket and the bridge poll for a reply that comes quickly (notes.md), so they can be below it.\n",
     );
   }
   const slow = rowsOf(results, 'slow');

@@ -36,5 +36,6 @@ int mode_sign(int argc, char **argv);
 int mode_tls(int argc, char **argv);
 int mode_exec(int argc, char **argv);
 int mode_ping(int argc, char **argv);
+int mode_pingpong(int argc, char **argv);
 
 #endif

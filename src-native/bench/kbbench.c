@@ -13,6 +13,9 @@
  * COMMAND ARGS... wall time of N sequential runs of a command, process start
  * included. kbbench ping  --socket PATH --count N no-op (PING) round trips
  * through the agent channel (channel_agent.c).
+ *   kbbench pingpong --between processes|threads --count N
+ *       64-byte round trips over a socketpair, each side sleeping in read():
+ *       the machine's own cost of a hop (pingpong.c).
  */
 /* the ENGINE API is deprecated in OpenSSL 3; variants (c) and (f) measure it */
 #define OPENSSL_SUPPRESS_DEPRECATED
@@ -341,8 +344,8 @@ int mode_sign(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        bench_die(
-            "usage: kbbench sign|tls|exec|ping [options] (see kbbench.c)");
+        bench_die("usage: kbbench sign|tls|exec|ping|pingpong [options] (see "
+                  "kbbench.c)");
     if (strcmp(argv[1], "sign") == 0)
         return mode_sign(argc - 2, argv + 2);
     if (strcmp(argv[1], "tls") == 0)
@@ -351,5 +354,7 @@ int main(int argc, char **argv)
         return mode_exec(argc - 2, argv + 2);
     if (strcmp(argv[1], "ping") == 0)
         return mode_ping(argc - 2, argv + 2);
+    if (strcmp(argv[1], "pingpong") == 0)
+        return mode_pingpong(argc - 2, argv + 2);
     bench_die("unknown mode %s", argv[1]);
 }
