@@ -300,6 +300,67 @@ t.test('a token that hangs costs the agent neither PING nor local keys; it signs
   }
 });
 
+t.test('a token that hangs holds only the keyrings of its own PKCS#11 library: another library answers meanwhile', async (t) => {
+  // A second library: a copy of SoftHSM2 at another path is loaded apart (its own state, its own C_Initialize), as an
+  // HSM vendor's client beside a TPM's would be; its token sits beside the first in the same token directory.
+  const other = { label: 'kmsbridge-other', library: path.join(token.dir, 'libsofthsm2-other.so') };
+  fs.copyFileSync(SOFTHSM_LIB, other.library);
+  const init = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', other.label, '--so-pin', token.soPin, '--pin', token.pin], {
+    env: { ...process.env, ...token.env },
+    encoding: 'utf8',
+  });
+  t.equal(init.status, 0, `a second token (${init.stderr.trim() || 'initialized'})`);
+  const hsmTimeoutMs = 1500;
+  const w = await world(t, {
+    hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs },
+    other: { ...keyrings.hsm, library: other.library, token_label: other.label, timeout_ms: hsmTimeoutMs },
+  });
+  const hung = w.create('stuck', 'ec-p256');
+  const otherUri = cliOk(t, w.box, ['keys', 'create', 'free', '--keyring', 'other', '--type', 'ec-p256']).trim();
+  const otherPub = path.join(w.box.dir, 'free.pub.pem');
+  readPublicKeyPem(t, { ...token, label: other.label }, otherUri, otherPub);
+  // Each keyring's first signature opens its token (slot, session, login) before the hang.
+  await signer(w.client, hung.uri, 'ecdsa')('warm up');
+  await signer(w.client, otherUri, 'ecdsa')('warm up');
+
+  // Hang the first token only: its own generation file.
+  const dirs = fs.readdirSync(path.join(token.dir, 'tokens')).map((d) => path.join(token.dir, 'tokens', d));
+  const hungDir = dirs.find((d) => fs.readFileSync(path.join(d, 'token.object')).includes(Buffer.from(token.label.padEnd(32, ' '))));
+  const release = await holdLock(t, path.join(hungDir, 'generation'));
+  t.teardown(release);
+
+  // SHA-384: a shape nothing granted yet, so the KeyService makes each signature on the library's token thread.
+  const sha384 = (uri, msg) =>
+    w.client
+      .request(MsgType.SIGN, [
+        { tag: Tag.URI, value: uri },
+        { tag: Tag.ALGORITHM, value: 'ecdsa' },
+        { tag: Tag.DIGEST, value: 'sha384' },
+        { tag: Tag.DATA, value: crypto.createHash('sha384').update(msg).digest() },
+      ])
+      .then((f) => f.requireBytes(Tag.RESULT));
+  const stuck = sha384(hung.uri, 'held').then(
+    () => 'signed',
+    (err) => err.message,
+  );
+  await new Promise((r) => setTimeout(r, 300)); // the hung token's thread is inside the library by now
+  const started = Date.now();
+  const msg = 'beside a hung library';
+  const sig = await sha384(otherUri, msg).catch((err) => err);
+  const took = Date.now() - started;
+  if (!Buffer.isBuffer(sig)) t.fail(`the other library did not sign while the first token hung: ${sig.message}`);
+  fs.writeFileSync(w.box.file('free.msg'), msg);
+  fs.writeFileSync(w.box.file('free.sig'), Buffer.isBuffer(sig) ? sig : Buffer.alloc(0));
+  t.match(
+    opensslOk(t, ['dgst', '-sha384', '-verify', otherPub, '-signature', w.box.file('free.sig'), w.box.file('free.msg')]),
+    /Verified OK/,
+    'the other library signs while the first token hangs: openssl verifies it with the key pkcs11-tool read',
+  );
+  t.ok(took < hsmTimeoutMs / 2, `and it waited ${took} ms, not for the hung one's timeout (${hsmTimeoutMs} ms)`);
+  t.match(await stuck, /did not answer|timed out/, "the hung token's own request ends at its keyring's timeout");
+  release();
+});
+
 t.test('an agent stopped while its token hangs exits, and says it left a library call behind', async (t) => {
   const hsmTimeoutMs = 1500;
   const w = await world(t, { hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs } });

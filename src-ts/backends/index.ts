@@ -11,7 +11,7 @@ export const BACKENDS: Record<string, BackendFactory> = {
   local: (cfg) => new LocalBackend(cfg),
   aws: (cfg) => new (require('./aws.js') as typeof import('./aws.js')).AwsBackend(cfg), // loaded on first use: the AWS SDK is heavy
   // Loads the PKCS#11 binding on first use. Where the KeyService runs on a process's main thread (the agent, the CLI), on the
-  // token thread, so that a hung token cannot hold that thread (pkcs11/thread-client.ts); the in-process worker is a thread of
+  // token thread of its library, so that a hung token cannot hold that thread (pkcs11/thread-client.ts); the in-process worker is a thread of
   // the KeyService's own already, and a second hop there halved its token signatures/s (docs/bench/notes.md).
   pkcs11: (cfg) =>
     isMainThread

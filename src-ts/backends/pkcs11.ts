@@ -99,8 +99,8 @@ let poolAllowed = isMainThread;
  * may, so one slow HSM does not stall the others. For the in-process worker
  * it must not: the application's own async crypto calls on kms: keys can
  * hold every pool thread while they wait for that worker, and a call queued
- * behind them would never run. The token thread (pkcs11/thread-host.ts),
- * which serves only the agent and the CLI, allows it.
+ * behind them would never run. The token threads (pkcs11/thread-host.ts),
+ * which serve only the agent and the CLI, allow it.
  */
 function onPool(s: { threadSafe: boolean }): boolean {
   return s.threadSafe && poolAllowed;

@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
 
 void main(process.argv).then((code) => {
   process.exitCode = code;
-  // A token that hangs holds the token thread, and Node's exit would wait for that thread forever.
+  // A token that hangs holds its library's token thread, and Node's exit would wait for that thread forever.
   if (tokenThreadStuck()) {
     process.stderr.write('kmsbridge: exiting without waiting for a PKCS#11 library that has not returned\n');
     native().exitStuck(code);

@@ -1,8 +1,9 @@
 /**
  * A PKCS#11 keyring as the KeyService sees it: the backend itself
- * (pkcs11.ts) runs on the token thread (thread-host.ts), one worker per
- * process shared by every PKCS#11 keyring, as the library is initialized once
- * per process.
+ * (pkcs11.ts) runs on a token thread (thread-host.ts), one worker per PKCS#11
+ * library, shared by every keyring that uses that library, as a library is
+ * initialized once per process. Keyrings of different libraries (an HSM's
+ * client and a TPM's, say) do not wait for each other.
  *
  * Why a thread of its own: most PKCS#11 calls are synchronous (pkcs11js has
  * no asynchronous C_SignInit, C_FindObjects, C_OpenSession or C_Login), and
@@ -13,6 +14,7 @@
  * token thread and the calls queued behind it, which the KeyService's timeout
  * answers; everything else goes on.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import { SHARE_ENV, Worker } from 'node:worker_threads';
 import { ErrorCode, KmsError } from '../../errors.js';
@@ -122,16 +124,27 @@ class TokenThread {
   }
 }
 
-let shared: TokenThread | undefined;
+/** The token threads, by the real path of the library each one hosts. */
+const threads = new Map<string, TokenThread>();
 let rings = 0;
 
+/** The file itself, so that two names of one library share its thread (and its one C_Initialize). */
+function realLibrary(file: string): string {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return file; // missing or unreadable: the token thread says so by name
+  }
+}
+
 /**
- * Whether the token thread is inside a library call that has not returned
+ * Whether a token thread is inside a library call that has not returned
  * (a hung token). Node's exit would wait for it forever: the CLI then leaves
  * with native().exitStuck().
  */
 export function tokenThreadStuck(): boolean {
-  return shared !== undefined && !shared.dead && shared.abandoned.size > 0;
+  for (const t of threads.values()) if (!t.dead && t.abandoned.size > 0) return true;
+  return false;
 }
 
 export class TokenThreadBackend implements Backend {
@@ -139,18 +152,25 @@ export class TokenThreadBackend implements Backend {
   /** The library, named in timeout messages. */
   readonly location: string;
   private readonly ring: string;
+  /** Which token thread: the library's real path. */
+  private readonly library: string;
   private readonly voided = new Int32Array(new SharedArrayBuffer(4));
   private thread: TokenThread | undefined;
 
   constructor(private readonly cfg: KeyringConfig) {
     this.location = settingsOf(cfg).library; // a bad config fails here, as it always did
     this.ring = `${cfg.name}#${++rings}`;
+    this.library = realLibrary(this.location);
   }
 
   private call<T>(method: Method, args: unknown[], signal?: AbortSignal, progress?: Progress): Promise<T> {
-    if (!shared || shared.dead) shared = new TokenThread();
-    if (this.thread !== shared) {
-      this.thread = shared;
+    let current = threads.get(this.library);
+    if (!current || current.dead) {
+      current = new TokenThread();
+      threads.set(this.library, current);
+    }
+    if (this.thread !== current) {
+      this.thread = current;
       this.thread.open(this.ring, this.cfg, this.voided.buffer as SharedArrayBuffer);
     }
     const what = `the PKCS#11 library ${this.location} (keyring '${this.cfg.name}')`;

@@ -1,8 +1,9 @@
 /**
- * The token thread: a worker that hosts the process's PKCS#11 backends
- * (thread-client.ts explains why). Every call into a PKCS#11 library, short
- * ones included, is made here, so a library that blocks holds this thread
- * and its own callers, never the thread that answers everything else.
+ * A token thread: a worker that hosts the backends of one PKCS#11 library
+ * (thread-client.ts explains why). Every call into that library, short ones
+ * included, is made here, so a library that blocks holds this thread and its
+ * own callers, never the thread that answers everything else, nor another
+ * library's.
  */
 import { parentPort } from 'node:worker_threads';
 import { ErrorCode, KmsError } from '../../errors.js';
