@@ -159,7 +159,9 @@ export class KeyService {
 
   /** What the key is and what the keyring lets callers do with it. */
   async describe(uri: string): Promise<KeyDescription> {
-    const { kr } = this.resolve(uri);
+    const { parsed, kr } = this.resolve(uri);
+    // A key another program may have replaced under this id unseen is read afresh; the cache then holds what was read.
+    if (kr.backend.replaceableKeys) kr.descriptions.delete(parsed.keyId);
     return applyPolicy(kr.config, await this.describeRaw(uri));
   }
 
@@ -194,9 +196,13 @@ export class KeyService {
     return cached;
   }
 
-  /** The key's description as describe() answers it now from the cache, if it has arrived and still holds. */
+  /**
+   * The key's description as describe() answers it now from the cache, if it has arrived and still holds; never for a
+   * key describe() reads afresh each time (replaceableKeys).
+   */
   cachedDescription(uri: string): CurrentDescription | undefined {
     const { parsed, kr } = this.resolve(uri);
+    if (kr.backend.replaceableKeys) return undefined;
     const entry = this.currentEntry(kr, parsed.keyId);
     if (!entry?.value) return undefined;
     return { description: applyPolicy(kr.config, entry.value), ...(entry.source ? { source: entry.source } : {}) };

@@ -124,7 +124,7 @@ t.test('repeated signatures are made by the serving threads on the token, verify
   }
 });
 
-t.test('a key deleted through kmsbridge or behind its back is not used by a grant; a new key of the same label is', async (t) => {
+t.test('a key deleted through kmsbridge or behind its back is not used by a grant; a new key of the same label is, and is described', async (t) => {
   const w = await world(t);
   const first = w.create('doomed', 'ec-p256');
   const sign = signer(w.client, first.uri, 'ecdsa');
@@ -142,9 +142,32 @@ t.test('a key deleted through kmsbridge or behind its back is not used by a gran
   await grantMade();
   await sign('granted again');
 
+  const describe = () => w.client.request(MsgType.DESCRIBE, [{ tag: Tag.URI, value: second.uri }]).then((f) => f.requireBytes(Tag.PUBLIC_KEY));
+  const spki = (k) => k.export({ type: 'spki', format: 'der' });
+  t.ok((await describe()).equals(spki(second.pub)), 'described as the key it is');
+  await grantMade();
+
   // pkcs11-tool, another process, deletes the private key: the grant's handle names nothing now.
   p11toolOk(t, token, ['--delete-object', '--type', 'privkey', ...p11Selector(second.uri)]);
   await t.rejects(sign('after the token lost it'), { codeName: 'NOT_FOUND' }, 'deleted on the token: refused, not signed');
+  await t.rejects(describe(), { codeName: 'NOT_FOUND' }, 'nor described from what was known of it');
+
+  // And makes a new key pair under the same label: described as that one (what a CSR or certificate is made from), and it signs.
+  p11toolOk(t, token, ['--delete-object', '--type', 'pubkey', ...p11Selector(second.uri)]);
+  p11toolOk(t, token, ['--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'doomed', '--id', 'd00d']);
+  const thirdPub = w.box.file('doomed-3.pub.pem');
+  readPublicKeyPem(t, token, second.uri, thirdPub);
+  const third = crypto.createPublicKey(fs.readFileSync(thirdPub));
+  t.ok((await describe()).equals(spki(third)), 'made anew by pkcs11-tool: described as the new key');
+  await grantMade();
+  t.ok((await describe()).equals(spki(third)), 'and again');
+  fs.writeFileSync(w.box.file('doomed-3.msg'), 'made anew behind its back');
+  fs.writeFileSync(w.box.file('doomed-3.sig'), await sign('made anew behind its back'));
+  t.match(
+    opensslOk(t, ['dgst', '-sha256', '-verify', thirdPub, '-signature', w.box.file('doomed-3.sig'), w.box.file('doomed-3.msg')]),
+    /Verified OK/,
+    'openssl verifies its signature with the key pkcs11-tool read',
+  );
 });
 
 t.test('the agent ends cleanly with grants in place (it waits for no thread inside the module)', async (t) => {

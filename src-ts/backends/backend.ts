@@ -123,6 +123,12 @@ export interface Backend {
   readonly type: string;
   /** Where the key manager is, for messages ('https://kms.eu-west-1.amazonaws.com', a PKCS#11 library); absent for the local store. */
   readonly location?: string;
+  /**
+   * True where another program may replace a key under the same key id without a trace the KeyService can check
+   * (a token's object deleted and made anew with its label): describe() then asks the backend each time, which
+   * reads the key afresh. Local keys say where they were read from instead (source); AWS KMS key material never changes.
+   */
+  readonly replaceableKeys?: boolean;
   describe(keyId: string, signal: AbortSignal): Promise<BackendKeyDescription>;
   sign(keyId: string, req: SignRequest, signal: AbortSignal): Promise<Buffer>;
   decrypt(keyId: string, req: DecryptRequest, signal: AbortSignal): Promise<Buffer>;

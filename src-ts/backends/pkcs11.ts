@@ -120,6 +120,7 @@ export interface Pkcs11Hooks {
 
 export class Pkcs11Backend implements Backend {
   readonly type = 'pkcs11';
+  readonly replaceableKeys = true;
   readonly settings: Pkcs11Settings;
   /** The library, named in timeout messages. */
   readonly location: string;
@@ -245,7 +246,11 @@ export class Pkcs11Backend implements Backend {
       `describe ${this.ref(keyId)}`,
       signal,
       (s) => {
+        // Read afresh: another program may have made a new key under this id (replaceableKeys).
+        const before = this.keys.get(keyId)?.key.handle;
+        this.keys.delete(keyId);
         const k = this.key(s, keyId);
+        if (before && !before.equals(k.handle)) this.revokeGrants(); // nothing granted of the old object is used
         const publicKey = publicKeyOf(s, k, this.ref(keyId));
         const algorithms = (Object.keys(ALGORITHM_NEEDS) as Algorithm[]).filter((a) => this.allows(s, k, a));
         const curve = serviceCurve(k);

@@ -149,6 +149,7 @@ export function tokenThreadStuck(): boolean {
 
 export class TokenThreadBackend implements Backend {
   readonly type = 'pkcs11';
+  readonly replaceableKeys = true;
   /** The library, named in timeout messages. */
   readonly location: string;
   private readonly ring: string;
