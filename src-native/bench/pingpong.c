@@ -63,9 +63,12 @@ int mode_pingpong(int argc, char **argv)
         if (child < 0)
             bench_die("fork failed");
         if (child == 0) {
+            close(sv[0]); /* the parent's death then ends the echo (EOF) */
             echo_run(&e);
             _exit(0);
         }
+        close(sv[1]); /* and the child's ends the timing */
+        sv[1] = -1;
     } else if (pthread_create(&thread, NULL, echo_run, &e) != 0) {
         bench_die("pthread_create failed");
     }
@@ -85,7 +88,8 @@ int mode_pingpong(int argc, char **argv)
     else
         pthread_join(thread, NULL);
     close(sv[0]);
-    close(sv[1]);
+    if (sv[1] >= 0)
+        close(sv[1]);
     printf("{\"mode\":\"pingpong\",\"between\":\"%s\",\"count\":%d,",
            processes ? "processes" : "threads", count);
     lat_print_json(&lat);
