@@ -178,15 +178,14 @@ function stripZeros(b: Buffer): Buffer {
 
 /** SubjectPublicKeyInfo DER of a private key's public half. */
 export function publicKeyOf(s: Session, k: TokenKey, keyRef: string): Buffer {
+  // RSA: the private object holds the public half itself (modulus and exponent), one read instead of a search.
+  const e = k.keyType === 'rsa' && k.modulus ? attribute(s, k.handle, C.CKA_PUBLIC_EXPONENT) : undefined;
+  if (e && k.modulus) return rsaSpki(k.modulus, e);
   for (const obj of publicObjects(s, k)) {
     const spki = spkiOfObject(s, obj, k);
     if (spki) return spki;
   }
-  // No public object: the private object's public attributes (RSA always; EC/EdDSA on PKCS#11 3.0 tokens).
-  if (k.keyType === 'rsa' && k.modulus) {
-    const e = attribute(s, k.handle, C.CKA_PUBLIC_EXPONENT);
-    if (e) return rsaSpki(k.modulus, e);
-  }
+  // No public object: the private object's public attributes (EC/EdDSA on PKCS#11 3.0 tokens).
   const info = attribute(s, k.handle, C.CKA_PUBLIC_KEY_INFO);
   if (info && info.length > 0) return info;
   const point = attribute(s, k.handle, C.CKA_EC_POINT);
