@@ -246,12 +246,18 @@ async function holdLock(t, file) {
   return () => (child.stdin.end(), exited);
 }
 
-/** Hangs the test token for real: SoftHSM2 read-locks its generation file for every operation. Returns release(). */
-async function hangToken(t) {
+/**
+ * Hangs the test token (the one labelled |label|) for real: SoftHSM2 read-locks its generation file for every
+ * operation. Returns release().
+ */
+async function hangToken(t, label = token.label) {
+  // SoftHSM2 keeps the label, padded to 32 bytes, in the token's own token.object
+  const padded = Buffer.from(label.padEnd(32, ' '));
   const tokenDir = fs
     .readdirSync(path.join(token.dir, 'tokens'))
     .map((d) => path.join(token.dir, 'tokens', d))
-    .find((d) => fs.existsSync(path.join(d, 'generation')));
+    .find((d) => fs.existsSync(path.join(d, 'generation')) && fs.readFileSync(path.join(d, 'token.object')).includes(padded));
+  if (!tokenDir) throw new Error(`no SoftHSM2 token labelled '${label}' in ${token.dir}`);
   const release = await holdLock(t, path.join(tokenDir, 'generation'));
   t.teardown(release);
   return release;
@@ -333,6 +339,8 @@ t.test('a token that hangs holds only the keyrings of its own PKCS#11 library: a
     encoding: 'utf8',
   });
   t.equal(init.status, 0, `a second token (${init.stderr.trim() || 'initialized'})`);
+  // gone again afterwards: the file's other tests hang and count the first token alone
+  t.teardown(() => spawnSync('softhsm2-util', ['--delete-token', '--token', other.label], { env: { ...process.env, ...token.env } }));
   const hsmTimeoutMs = 1500;
   const w = await world(t, {
     hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs },
@@ -346,11 +354,7 @@ t.test('a token that hangs holds only the keyrings of its own PKCS#11 library: a
   await signer(w.client, hung.uri, 'ecdsa')('warm up');
   await signer(w.client, otherUri, 'ecdsa')('warm up');
 
-  // Hang the first token only: its own generation file.
-  const dirs = fs.readdirSync(path.join(token.dir, 'tokens')).map((d) => path.join(token.dir, 'tokens', d));
-  const hungDir = dirs.find((d) => fs.readFileSync(path.join(d, 'token.object')).includes(Buffer.from(token.label.padEnd(32, ' '))));
-  const release = await holdLock(t, path.join(hungDir, 'generation'));
-  t.teardown(release);
+  const release = await hangToken(t); // the first token only
 
   // SHA-384: a shape nothing granted yet, so the KeyService makes each signature on the library's token thread.
   const sha384 = (uri, msg) =>
