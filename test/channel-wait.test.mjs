@@ -162,10 +162,13 @@ t.test('KMSBRIDGE_POLL_US=0: the caller and the agent sleep for every answer', a
   const n = runProgram(t, box, 'switches.mjs', SWITCHES, [box.socket, uri, agent.child.pid], off);
   // Polling, on a machine with a core free, both stay far below one each (4
   // and 38 here). The agent's threads have nothing to read until they have
-  // answered, so without polling each sleeps once per request; the caller
-  // finds its reply already there whenever it lost its core between sending
-  // and waiting (up to 40% of the time with other tests running beside it).
-  t.ok(n.agent >= 900, `the serving threads slept ${n.agent} times between 1,000 requests`);
+  // answered, so without polling each sleeps about once per request: less
+  // when a thread loses its core between its reply and its next wait and the
+  // next request is there when it is back (889 of 1,000 once in CI, busy);
+  // the caller finds its reply already there whenever it lost its core
+  // between sending and waiting (up to 40% of the time with other tests
+  // running beside it).
+  t.ok(n.agent >= 500, `the serving threads slept ${n.agent} times between 1,000 requests`);
   t.ok(n.caller >= 250, `the caller slept ${n.caller} times for 1,000 replies`);
 });
 
