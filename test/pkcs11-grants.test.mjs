@@ -18,7 +18,7 @@ import path from 'node:path';
 import { sandbox, cli, cliOk, startAgent, opensslOk } from './lib/env.mjs';
 import { formatRunTimes, runTimes, since } from './lib/proc.mjs';
 import { MODULES, ROOT } from './provider-harness.mjs';
-import { SOFTHSM_LIB, makeToken, p11Selector, p11toolOk, readPublicKeyPem } from './lib/softhsm.mjs';
+import { SOFTHSM_LIB, addToken, makeToken, p11Selector, p11toolOk, readPublicKeyPem } from './lib/softhsm.mjs';
 import { AgentClient } from '../dist/agent/client.js';
 import { native } from '../dist/native.js';
 import { MsgType, Tag } from '../dist/wire/codec.js';
@@ -332,15 +332,8 @@ t.test('a token that hangs costs the agent neither PING nor local keys; it signs
 t.test('a token that hangs holds only the keyrings of its own PKCS#11 library: another library answers meanwhile', async (t) => {
   // A second library: a copy of SoftHSM2 at another path is loaded apart (its own state, its own C_Initialize), as an
   // HSM vendor's client beside a TPM's would be; its token sits beside the first in the same token directory.
-  const other = { label: 'kmsbridge-other', library: path.join(token.dir, 'libsofthsm2-other.so') };
+  const other = { ...addToken(t, token, 'kmsbridge-other'), library: path.join(token.dir, 'libsofthsm2-other.so') };
   fs.copyFileSync(SOFTHSM_LIB, other.library);
-  const init = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', other.label, '--so-pin', token.soPin, '--pin', token.pin], {
-    env: { ...process.env, ...token.env },
-    encoding: 'utf8',
-  });
-  t.equal(init.status, 0, `a second token (${init.stderr.trim() || 'initialized'})`);
-  // gone again afterwards: the file's other tests hang and count the first token alone
-  t.teardown(() => spawnSync('softhsm2-util', ['--delete-token', '--token', other.label], { env: { ...process.env, ...token.env } }));
   const hsmTimeoutMs = 1500;
   const w = await world(t, {
     hsm: { ...keyrings.hsm, timeout_ms: hsmTimeoutMs },
@@ -349,7 +342,7 @@ t.test('a token that hangs holds only the keyrings of its own PKCS#11 library: a
   const hung = w.create('stuck', 'ec-p256');
   const otherUri = cliOk(t, w.box, ['keys', 'create', 'free', '--keyring', 'other', '--type', 'ec-p256']).trim();
   const otherPub = path.join(w.box.dir, 'free.pub.pem');
-  readPublicKeyPem(t, { ...token, label: other.label }, otherUri, otherPub);
+  readPublicKeyPem(t, other, otherUri, otherPub);
   // Each keyring's first signature opens its token (slot, session, login) before the hang.
   await signer(w.client, hung.uri, 'ecdsa')('warm up');
   await signer(w.client, otherUri, 'ecdsa')('warm up');

@@ -451,7 +451,7 @@ int grants_answer(const uint8_t *frame, size_t len, const struct kb_peer *peer,
 
 /* answerGranted(frame, pid, uid, gid) -> reply | null: serve.c's question,
  * asked from JavaScript (tests). */
-static napi_value sign_granted_js(napi_env env, napi_callback_info info)
+static napi_value answer_granted_js(napi_env env, napi_callback_info info)
 {
     size_t argc = 4;
     napi_value argv[4], result;
@@ -579,7 +579,9 @@ static int same_grant(const struct grant *o, const struct grant *g)
 
 /* Puts |g| in the table (which owns it from here, or it is freed: the table
  * is full, or a copy it needs could not be made), in place of the grant it
- * replaces; |fd|: where granted operations write their audit line. */
+ * replaces; |file_name|: the key file it holds while unchanged (always for a
+ * local key), or NULL; |fd|: where granted operations write their audit
+ * line. */
 static void store(struct grant *g, const char *uri, const char *keyring,
                   const char *file_name, int fd)
 {
@@ -588,7 +590,6 @@ static void store(struct grant *g, const char *uri, const char *keyring,
     if (file_name != NULL)
         g->file = strdup(file_name);
     int whole = g->uri != NULL && g->keyring != NULL &&
-                (g->kind != GRANT_LOCAL || g->file != NULL) &&
                 (file_name == NULL || g->file != NULL) &&
                 (g->kind != GRANT_DESCRIBE || g->reply != NULL);
     pthread_rwlock_wrlock(&lock);
@@ -762,8 +763,8 @@ napi_status grants_register(napi_env env, napi_value exports)
          NULL},
         {"revokeKeyringGrants", NULL, revoke_keyring_grants, NULL, NULL, NULL,
          napi_default, NULL},
-        {"answerGranted", NULL, sign_granted_js, NULL, NULL, NULL, napi_default,
-         NULL},
+        {"answerGranted", NULL, answer_granted_js, NULL, NULL, NULL,
+         napi_default, NULL},
     };
     return napi_define_properties(env, exports,
                                   sizeof(props) / sizeof(props[0]), props);

@@ -18,10 +18,28 @@ export function makeToken(t, { label = 'kmsbridge-test', pin = '246810', soPin =
   fs.mkdirSync(path.join(dir, 'tokens'));
   const conf = path.join(dir, 'softhsm2.conf');
   fs.writeFileSync(conf, `directories.tokendir = ${path.join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  const env = { ...process.env, SOFTHSM2_CONF: conf };
-  const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', soPin, '--pin', pin], { env, encoding: 'utf8' });
+  const token = { dir, conf, label, pin, soPin, env: { SOFTHSM2_CONF: conf } };
+  initToken(token);
+  return token;
+}
+
+/**
+ * A second token beside `token` (same directory and SOFTHSM2_CONF, same PINs), labelled `label`; deleted when the test
+ * ends, so that the file's other tests see the first token alone.
+ */
+export function addToken(t, token, label) {
+  const other = { ...token, label };
+  initToken(other);
+  t.teardown(() => spawnSync('softhsm2-util', ['--delete-token', '--token', label], { env: { ...process.env, ...token.env } }));
+  return other;
+}
+
+function initToken({ label, soPin, pin, env }) {
+  const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', soPin, '--pin', pin], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`softhsm2-util --init-token failed: ${r.stderr}${r.stdout}`);
-  return { dir, conf, label, pin, soPin, env: { SOFTHSM2_CONF: conf } };
 }
 
 /** Runs pkcs11-tool on the token (logged in unless login: false); { status, stdout (Buffer), stderr }. */
