@@ -5,6 +5,7 @@
  * binding returns (CK_RV of an error, CK_ULONGs, slots and their tokens).
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { PKCS11 } from 'pkcs11js';
 import { ErrorCode, KmsError } from '../../errors.js';
 import * as C from './constants.js';
@@ -40,9 +41,14 @@ function loadBinding(): Binding {
     binding = require('pkcs11js') as Binding;
     return binding;
   } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const fix =
+      e.code === 'MODULE_NOT_FOUND'
+        ? `it is not installed (npm leaves this optional dependency out when its build fails, most often because node-gyp could not download Node's headers): install it again with this node's own headers: npm_config_nodedir=${path.resolve(path.dirname(process.execPath), '..')} npm install`
+        : 'it is an optional dependency built by its own install script: run npm install-scripts approve pkcs11js && npm rebuild pkcs11js';
     throw new KmsError(
       ErrorCode.BACKEND_UNAVAILABLE,
-      `the PKCS#11 binding (pkcs11js) cannot be loaded: ${(err as Error).message.split('\n')[0]}; it is an optional dependency built by its own install script: run npm install-scripts approve pkcs11js && npm rebuild pkcs11js (needs make, g++ and python3)`,
+      `the PKCS#11 binding (pkcs11js) cannot be loaded: ${e.message.split('\n')[0]}; ${fix} (needs make, g++ and python3)`,
     );
   }
 }
